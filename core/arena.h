@@ -1,0 +1,50 @@
+// core/arena.h — Arena: a bump allocator over one aligned block. moe-asr keeps three kinds
+// (DESIGN.md §4): the parameter arena (flat buffers per region, for the life of the model), the
+// per-step activation arena (reset every step) and a workspace (scratch inside one op). Sizes are
+// planned from the config; running out is a planning bug, reported with needed vs available bytes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+
+namespace moeasr {
+
+class Arena {
+ public:
+  static constexpr int64_t kAlignment = 256;  // bytes; covers AVX-512 and CUDA's 256-byte rule
+
+  // Owns `capacity_bytes` of host memory (device memory arenas use the adopting constructor).
+  Arena(std::string name, int64_t capacity_bytes);
+  // Adopts memory owned by someone else (e.g. a cudaMalloc'd block); never frees it.
+  Arena(std::string name, void* base, int64_t capacity_bytes, Device device);
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  // Aligned, uninitialised. CHECK-fails with both numbers when the block is too small.
+  void* allocate_bytes(int64_t bytes);
+  Tensor allocate(DType dtype, Shape shape);
+  // Same, zero-filled (host arenas only).
+  Tensor allocate_zeroed(DType dtype, Shape shape);
+
+  void reset() { used_ = 0; }  // every Tensor handed out before is invalid afterwards
+  int64_t used_bytes() const { return used_; }
+  int64_t high_water_bytes() const { return high_water_; }
+  int64_t capacity_bytes() const { return capacity_; }
+  Device device() const { return device_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
+  char* base_ = nullptr;
+  int64_t capacity_ = 0;
+  int64_t used_ = 0;
+  int64_t high_water_ = 0;
+  Device device_ = Device::cpu;
+  bool owns_ = false;
+};
+
+}  // namespace moeasr

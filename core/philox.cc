@@ -1,0 +1,99 @@
+// core/philox.cc — Philox4x32 rounds (multipliers 0xD2511F53/0xCD9E8D57, Weyl key increments
+// 0x9E3779B9/0xBB67AE85, as published) and the moe-asr stream helpers on top.
+#include "core/philox.h"
+
+#include <cmath>
+
+#include "core/check.h"
+
+namespace moeasr {
+namespace {
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+inline void mul_hi_lo(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
+  uint64_t product = static_cast<uint64_t>(a) * b;
+  *hi = static_cast<uint32_t>(product >> 32);
+  *lo = static_cast<uint32_t>(product);
+}
+
+// 128-bit product for the multiply-shift bound (GCC/Clang extension).
+__extension__ typedef unsigned __int128 Uint128;
+
+constexpr double kTwoPi = 6.283185307179586476925286766559;
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+PhiloxCounter philox4x32(PhiloxCounter counter, PhiloxKeyWords key, int rounds) {
+  for (int round = 0; round < rounds; ++round) {
+    if (round > 0) {
+      key[0] += kPhiloxW0;
+      key[1] += kPhiloxW1;
+    }
+    uint32_t hi0, lo0, hi1, lo1;
+    mul_hi_lo(kPhiloxM0, counter[0], &hi0, &lo0);
+    mul_hi_lo(kPhiloxM1, counter[2], &hi1, &lo1);
+    counter = {hi1 ^ counter[1] ^ key[0], lo1, hi0 ^ counter[3] ^ key[1], lo0};
+  }
+  return counter;
+}
+
+PhiloxStream philox_stream(const RngKey& key) {
+  uint64_t h = splitmix64(key.seed);
+  h = splitmix64(h ^ static_cast<uint64_t>(key.purpose));
+  uint64_t key_bits = h;
+  h = splitmix64(h ^ key.epoch);
+  h = splitmix64(h ^ key.step);
+  h = splitmix64(h ^ key.rank);
+  h = splitmix64(h ^ key.stream);
+  PhiloxStream stream;
+  stream.key = {static_cast<uint32_t>(key_bits), static_cast<uint32_t>(key_bits >> 32)};
+  stream.counter_hi[0] = static_cast<uint32_t>(h);
+  stream.counter_hi[1] = static_cast<uint32_t>(h >> 32);
+  return stream;
+}
+
+uint32_t philox_u32(const PhiloxStream& stream, uint64_t index) {
+  uint64_t block = index >> 2;
+  PhiloxCounter counter = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
+                           stream.counter_hi[0], stream.counter_hi[1]};
+  return philox4x32(counter, stream.key)[index & 3];
+}
+
+float philox_uniform(const PhiloxStream& stream, uint64_t index) {
+  return static_cast<float>(philox_u32(stream, index) >> 8) * (1.0f / 16777216.0f);
+}
+
+double philox_uniform_double(const PhiloxStream& stream, uint64_t index) {
+  uint64_t hi = philox_u32(stream, 2 * index);
+  uint64_t lo = philox_u32(stream, 2 * index + 1);
+  uint64_t bits = ((hi << 32) | lo) >> 11;
+  return static_cast<double>(bits) * (1.0 / 9007199254740992.0);
+}
+
+double philox_normal(const PhiloxStream& stream, uint64_t index) {
+  double u1 = philox_uniform_double(stream, 2 * index);
+  double u2 = philox_uniform_double(stream, 2 * index + 1);
+  double radius = std::sqrt(-2.0 * std::log(1.0 - u1));  // 1-u1 in (0, 1]: log is finite
+  return radius * std::cos(kTwoPi * u2);
+}
+
+uint64_t philox_below(const PhiloxStream& stream, uint64_t index, uint64_t bound) {
+  CHECK_GT(bound, 0u);
+  uint64_t hi = philox_u32(stream, 2 * index);
+  uint64_t lo = philox_u32(stream, 2 * index + 1);
+  Uint128 product = static_cast<Uint128>((hi << 32) | lo) * bound;
+  return static_cast<uint64_t>(product >> 64);
+}
+
+}  // namespace moeasr

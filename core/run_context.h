@@ -1,0 +1,30 @@
+// core/run_context.h — RunContext: everything an op or layer needs from its surroundings, built once
+// in main (or a test) and passed down explicitly (no hidden globals; DESIGN.md §2). It carries the
+// device, CPU thread count, the reference-kernel switch, the arenas, the run's seed and rank, and
+// opaque CUDA handles that the CUDA backend fills in.
+#pragma once
+
+#include <cstdint>
+
+#include "core/arena.h"
+#include "core/dtype.h"
+
+namespace moeasr {
+
+struct RunContext {
+  Device device = Device::cpu;
+  int num_threads = 1;                 // OpenMP threads for CPU loops, e.g. 2 on the CI machine
+  bool use_reference_kernels = false;  // route CPU ops to their plain reference loops (tests)
+  Arena* activations = nullptr;        // per-step activations; reset at each step
+  Arena* workspace = nullptr;          // scratch inside one op
+  uint64_t seed = 0;                   // the run's seed; RngKey.seed of every draw
+  int rank = 0;                        // this process in the world communicator
+  int world = 1;
+  // CUDA backend handles (cudaStream_t, cublasLtHandle_t, cudnnHandle_t); opaque here so that core
+  // and the CPU kernels need no CUDA headers.
+  void* cuda_stream = nullptr;
+  void* cublaslt_handle = nullptr;
+  void* cudnn_handle = nullptr;
+};
+
+}  // namespace moeasr
