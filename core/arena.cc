@@ -7,15 +7,24 @@
 
 namespace moeasr {
 
-Arena::Arena(std::string name, int64_t capacity_bytes)
-    : name_(std::move(name)), capacity_(capacity_bytes), device_(Device::cpu), owns_(true) {
+namespace {
+
+int64_t round_up(int64_t bytes, int64_t alignment) { return (bytes + alignment - 1) / alignment * alignment; }
+
+char* allocate_host_block(const std::string& name, int64_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* block = std::aligned_alloc(Arena::kAlignment, static_cast<size_t>(bytes));
+  CHECK(block != nullptr) << "arena '" << name << "': cannot allocate " << bytes << " bytes of host memory";
+  return static_cast<char*>(block);
+}
+
+}  // namespace
+
+Arena::Arena(std::string name, int64_t capacity_bytes, Growth growth)
+    : name_(std::move(name)), device_(Device::cpu), owns_(true), growth_(growth) {
   CHECK_GE(capacity_bytes, 0);
-  int64_t rounded = (capacity_bytes + kAlignment - 1) / kAlignment * kAlignment;
-  if (rounded > 0) {
-    base_ = static_cast<char*>(std::aligned_alloc(kAlignment, static_cast<size_t>(rounded)));
-    CHECK(base_ != nullptr) << "arena '" << name_ << "': cannot allocate " << rounded
-                            << " bytes of host memory";
-  }
+  capacity_ = round_up(capacity_bytes, kAlignment);
+  base_ = allocate_host_block(name_, capacity_);
 }
 
 Arena::Arena(std::string name, void* base, int64_t capacity_bytes, Device device)
@@ -25,18 +34,39 @@ Arena::Arena(std::string name, void* base, int64_t capacity_bytes, Device device
 }
 
 Arena::~Arena() {
+  for (char* block : extra_blocks_) std::free(block);
   if (owns_) std::free(base_);
+}
+
+void Arena::reset() {
+  if (!extra_blocks_.empty()) {
+    for (char* block : extra_blocks_) std::free(block);
+    extra_blocks_.clear();
+    std::free(base_);
+    capacity_ = round_up(high_water_, kAlignment);
+    base_ = allocate_host_block(name_, capacity_);
+  }
+  used_ = 0;
+  extra_used_ = 0;
 }
 
 void* Arena::allocate_bytes(int64_t bytes) {
   CHECK_GE(bytes, 0);
-  int64_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  int64_t rounded = round_up(bytes, kAlignment);
+  if (growth_ == Growth::kGrowable && used_ + rounded > capacity_) {
+    // Overflow block of exactly this request; the step's total is remembered for reset().
+    char* block = allocate_host_block(name_, rounded > 0 ? rounded : kAlignment);
+    extra_blocks_.push_back(block);
+    extra_used_ += rounded;
+    if (used_ + extra_used_ > high_water_) high_water_ = used_ + extra_used_;
+    return block;
+  }
   CHECK_LE(used_ + rounded, capacity_)
       << "arena '" << name_ << "' is too small: needed " << used_ + rounded << " bytes, available "
       << capacity_ << " (plan a larger arena from the config)";
   void* result = base_ + used_;
   used_ += rounded;
-  if (used_ > high_water_) high_water_ = used_;
+  if (used_ + extra_used_ > high_water_) high_water_ = used_ + extra_used_;
   return result;
 }
 

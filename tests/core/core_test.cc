@@ -111,6 +111,27 @@ TEST(Arena, AlignsTracksHighWaterAndResets) {
   EXPECT_EQ(c.data, a.data);
 }
 
+TEST(Arena, GrowableChainsBlocksThenReplansAtReset) {
+  Arena arena("activations", 1024, Arena::Growth::kGrowable);
+  float* a = arena.allocate_array<float>(200);   // 800 bytes -> 1024 rounded: fits
+  float* b = arena.allocate_array<float>(1000);  // overflow block
+  double* c = arena.allocate_array<double>(10);  // another overflow block
+  a[199] = 1.0f;
+  b[999] = 2.0f;
+  c[9] = 3.0;
+  EXPECT_EQ(arena.extra_block_count(), 2);
+  EXPECT_EQ(arena.high_water_bytes(), 1024 + 4096 + 256);
+  arena.reset();
+  EXPECT_EQ(arena.extra_block_count(), 0);
+  EXPECT_EQ(arena.capacity_bytes(), 1024 + 4096 + 256);
+  // The same step's allocations now come from the single re-planned block.
+  arena.allocate_array<float>(200);
+  arena.allocate_array<float>(1000);
+  arena.allocate_array<double>(10);
+  EXPECT_EQ(arena.extra_block_count(), 0);
+  EXPECT_EQ(arena.used_bytes(), 1024 + 4096 + 256);
+}
+
 TEST(ArenaDeathTest, ExhaustionReportsNeededAndAvailable) {
   Arena arena("activations", 1024);
   EXPECT_DEATH(arena.allocate(DType::f32, Shape{1000}),

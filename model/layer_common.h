@@ -1,0 +1,110 @@
+// model/layer_common.h — what every layer in model/ shares: references to a tensor's value and
+// gradient inside the ParameterStore, the per-module parameter structs (Linear, LayerNorm) bound by
+// WeNet name, activation allocation from the step's arena, and dropout keys.
+//
+// Layer conventions (as kernels/, one level up): `<layer>_forward(saved, out, inputs, params, sizes,
+// ctx)` and `<layer>_backward(dinputs, saved, dout, params, sizes, ctx)`. Forward allocates what
+// backward needs from ctx.activations (valid until the step's reset) and records it in a
+// `<Layer>Saved<T>` struct. Parameter gradients accumulate (+=); activation gradients are assigned.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/arena.h"
+#include "core/check.h"
+#include "core/philox.h"
+#include "core/run_context.h"
+#include "model/parameter_table.h"
+
+namespace moeasr {
+
+// A tensor of the model: its value and (for trainable tensors) its gradient, both flat in the store.
+template <class T>
+struct ParamRef {
+  T* value = nullptr;
+  T* grad = nullptr;  // null for buffers
+  int64_t numel = 0;
+};
+
+template <class T>
+struct LinearRef {
+  ParamRef<T> weight;  // [out, in]
+  ParamRef<T> bias;    // [out] or empty
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+};
+
+template <class T>
+struct LayerNormRef {
+  ParamRef<T> weight;  // [C]
+  ParamRef<T> bias;    // [C]
+  int64_t channels = 0;
+  double eps = 1e-5;  // every LayerNorm in WeNet's Conformer and decoder
+};
+
+template <class T>
+ParamRef<T> bind_param(ParameterStore<T>* store, const std::string& name) {
+  const ParamEntry& e = store->table->at(name);
+  ParamRef<T> ref;
+  ref.value = store->value(e);
+  ref.grad = e.region == ParamRegion::kBuffer ? nullptr : store->grad(e);
+  ref.numel = e.numel;
+  return ref;
+}
+
+// Binds "<prefix>.weight" (and "<prefix>.bias" when the table has it).
+template <class T>
+LinearRef<T> bind_linear(ParameterStore<T>* store, const std::string& prefix) {
+  LinearRef<T> ref;
+  const ParamEntry& w = store->table->at(prefix + ".weight");
+  ref.weight = bind_param(store, prefix + ".weight");
+  ref.out_features = w.shape[0];
+  ref.in_features = w.shape.numel() / w.shape[0];  // Conv1d(k=1) weights [out, in, 1] included
+  if (store->table->find(prefix + ".bias") != nullptr) ref.bias = bind_param(store, prefix + ".bias");
+  return ref;
+}
+
+template <class T>
+LayerNormRef<T> bind_layer_norm(ParameterStore<T>* store, const std::string& prefix) {
+  LayerNormRef<T> ref;
+  ref.weight = bind_param(store, prefix + ".weight");
+  ref.bias = bind_param(store, prefix + ".bias");
+  ref.channels = ref.weight.numel;
+  return ref;
+}
+
+// n elements of T from the step's activation arena.
+template <class T>
+T* activation_alloc(const RunContext& ctx, int64_t n) {
+  CHECK(ctx.activations != nullptr) << "RunContext.activations is not set";
+  return ctx.activations->allocate_array<T>(n);
+}
+
+// Where a dropout draws its mask: rate, and the Philox stream for this (step, layer, site).
+// A rate of 0 or training == false makes it the identity.
+struct DropoutSite {
+  double rate = 0.0;
+  bool training = false;
+  PhiloxStream stream;
+  bool active() const { return training && rate > 0.0; }
+};
+
+// Training-time randomness of one forward pass: the step's key; each layer derives its sites from
+// (layer id, site id) so that forward and backward see the same masks without storing them.
+struct StepRng {
+  RngKey base;  // seed, epoch, step, rank set by the trainer; purpose kDropout
+  bool training = false;
+  DropoutSite site(double rate, uint64_t layer_id, uint64_t site_id) const {
+    RngKey key = base;
+    key.purpose = RngPurpose::kDropout;
+    key.stream = layer_id * 64 + site_id;
+    DropoutSite s;
+    s.rate = rate;
+    s.training = training;
+    s.stream = philox_stream(key);
+    return s;
+  }
+};
+
+}  // namespace moeasr

@@ -1,0 +1,104 @@
+// model/parameter_table.h — the parameter table of a U2++ (MoE) model: one entry per tensor, named
+// with WeNet's state-dict name, generated from the ModelConfig (after llm.c's ParameterTensors, with
+// regions for MoE). Every tensor lives in one flat buffer per region:
+//   dense  — replicated on every rank, gradients all-reduced over the world;
+//   expert — this rank's experts, laid out [E_local, ...] per MoE FFN tensor (w_1.weight of the local
+//            experts is one [E_local, f, d] block), gradients all-reduced over the expert-data-parallel
+//            group;
+//   buffer — not trained (global CMVN, BatchNorm running statistics): checkpointed, never reduced.
+// Gradients and Adam moments use the same layout, so a region is one buffer for a collective and a
+// checkpoint shard is an offset range.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/model_config.h"
+
+namespace moeasr {
+
+enum class ParamRegion : uint8_t { kDense = 0, kExpert = 1, kBuffer = 2 };
+constexpr int kNumParamRegions = 3;
+const char* param_region_name(ParamRegion region);
+
+// PyTorch's default initialisations, as WeNet leaves them (u2pp_moe_wenet.md §3).
+enum class ParamInit : uint8_t {
+  kZeros,
+  kOnes,
+  kUniformFanIn,   // U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear / nn.Conv weights and biases
+  kXavierUniform,  // U(-a, a), a = sqrt(6 / (fan_in + fan_out)): pos_bias_u / pos_bias_v
+  kNormal,         // N(0, 1): nn.Embedding
+};
+
+struct ParamEntry {
+  std::string name;  // WeNet state-dict name, e.g. encoder.encoders.3.feed_forward.experts.5.w_1.weight
+  Shape shape;       // PyTorch shape
+  ParamRegion region = ParamRegion::kDense;
+  int64_t offset = 0;  // element offset inside the region buffer
+  int64_t numel = 0;
+  ParamInit init = ParamInit::kZeros;
+  int64_t fan_in = 0;
+  int64_t fan_out = 0;
+  int32_t expert = -1;  // global expert id for expert tensors, -1 otherwise
+};
+
+// How the experts of each MoE FFN are split over an expert-parallel group.
+struct ExpertLayout {
+  int64_t ep_rank = 0;
+  int64_t ep_size = 1;
+};
+
+class ParameterTable {
+ public:
+  const std::vector<ParamEntry>& entries() const { return entries_; }
+  int64_t region_numel(ParamRegion region) const { return region_numel_[static_cast<int>(region)]; }
+  // nullptr when absent.
+  const ParamEntry* find(const std::string& name) const;
+  // CHECK-fails naming the tensor when absent (model construction bugs).
+  const ParamEntry& at(const std::string& name) const;
+
+  // Appends a tensor at the end of its region.
+  void add(const std::string& name, Shape shape, ParamRegion region, ParamInit init, int64_t fan_in,
+           int64_t fan_out = 0, int32_t expert = -1);
+  // Appends an [E_local, ...] block for the named per-expert tensors, e.g. prefix
+  // "encoder.encoders.0.feed_forward.experts", suffix "w_1.weight", local shape {f, d}: entries
+  // "<prefix>.<global id>.<suffix>" placed contiguously in expert order.
+  void add_expert_block(const std::string& prefix, const std::string& suffix, Shape per_expert_shape,
+                        const ExpertLayout& layout, int64_t experts_total, ParamInit init, int64_t fan_in);
+
+ private:
+  std::vector<ParamEntry> entries_;
+  std::unordered_map<std::string, size_t> index_;
+  int64_t region_numel_[kNumParamRegions] = {0, 0, 0};
+};
+
+// The full table of a U2++ model for this rank's share of the experts.
+// CHECK-fails on a config validate_model_config() rejects.
+ParameterTable build_u2pp_parameter_table(const ModelConfig& config, const ExpertLayout& layout);
+
+// Flat storage for values (and, for trainable regions, gradients) of one table.
+template <class T>
+struct ParameterStore {
+  const ParameterTable* table = nullptr;
+  std::vector<T> values[kNumParamRegions];
+  std::vector<T> grads[kNumParamRegions];  // buffer region: empty
+
+  explicit ParameterStore(const ParameterTable& t);
+  T* value(const ParamEntry& e) { return values[static_cast<int>(e.region)].data() + e.offset; }
+  const T* value(const ParamEntry& e) const { return values[static_cast<int>(e.region)].data() + e.offset; }
+  T* grad(const ParamEntry& e);  // CHECK-fails for buffers
+  T* value(const std::string& name) { return value(table->at(name)); }
+  T* grad(const std::string& name) { return grad(table->at(name)); }
+  void zero_grads();
+};
+
+// Fills every tensor by its init rule from a Philox stream keyed by (seed, kInit, hash of the name),
+// so a tensor's initial value depends on its name alone: the same expert gets the same weights
+// whatever the expert-parallel layout.
+template <class T>
+void initialize_parameters(ParameterStore<T>* store, uint64_t seed);
+
+}  // namespace moeasr
