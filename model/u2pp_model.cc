@@ -1,0 +1,173 @@
+// model/u2pp_model.cc — U2++ forward, joint loss and backward (see u2pp_model.h).
+#include "model/u2pp_model.h"
+
+#include <cstring>
+
+#include "kernels/cpu/ctc_loss.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/label_smoothing_loss.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/softmax.h"
+#include "model/targets.h"
+
+namespace moeasr {
+
+template <class T>
+U2ppModel<T>::U2ppModel(const ModelConfig& config, ParameterStore<T>* store, ExpertDispatcher<T>* dispatcher,
+                        const ExpertLayout& layout)
+    : config_(config), store_(store), dispatcher_(dispatcher) {
+  Status valid = validate_model_config(config);
+  CHECK(valid.ok()) << valid.to_string();
+  const int64_t d = config.encoder.output_size;
+  pe_table_.resize(static_cast<size_t>(kPositionalEncodingMaxLen * d));
+  sinusoid_position_table(pe_table_.data(), kPositionalEncodingMaxLen, d);
+  encoder_ = bind_encoder(store, config, layout, pe_table_.data());
+  left_ = bind_decoder(store, "decoder.left_decoder", config.decoder.num_blocks, config, layout,
+                       pe_table_.data(), kLeftDecoderLayerIdBase);
+  if (config.decoder.r_num_blocks > 0) {
+    right_ = bind_decoder(store, "decoder.right_decoder", config.decoder.r_num_blocks, config, layout,
+                          pe_table_.data(), kRightDecoderLayerIdBase);
+  }
+  ctc_lo_ = bind_linear(store, "ctc.ctc_lo");
+}
+
+template <class T>
+U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptions& options,
+                               const StepRng& rng, const RunContext& ctx) {
+  batch_ = batch;
+  options_ = options;
+  const int64_t b = batch.batch, v = config_.vocab_size, lt = batch.max_text;
+  U2ppLoss loss;
+
+  encoder_forward(&encoder_saved_, batch.feats, batch.feat_lengths, encoder_, dispatcher_, options.chunk_size,
+                  options.num_left_chunks, options.training, b, batch.frames, rng, ctx);
+  const int64_t l = encoder_saved_.length;
+  const int64_t d = config_.encoder.output_size;
+  ctc_normalizer_ = options.batch_normalizer > 0 ? options.batch_normalizer : static_cast<double>(b);
+
+  run_ctc_ = config_.ctc_weight != 0.0;
+  run_att_ = config_.ctc_weight != 1.0;
+  run_r2l_ = run_att_ && config_.reverse_weight > 0.0;
+
+  if (run_ctc_) {
+    T* logits = activation_alloc<T>(ctx, b * l * v);
+    linear_forward(logits, encoder_saved_.out, ctc_lo_.weight.value, ctc_lo_.bias.value, b * l, d, v, ctx);
+    ctc_log_probs_ = activation_alloc<T>(ctx, b * l * v);
+    log_softmax_forward(ctc_log_probs_, logits, static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
+    ctc_log_alpha_ = activation_alloc<T>(ctx, b * ctc_loss_alpha_size(l, lt));
+    T* per_utt = activation_alloc<T>(ctx, b);
+    T total = 0;
+    ctc_loss_forward(per_utt, &total, ctc_log_alpha_, ctc_log_probs_, encoder_saved_.lengths, batch.text,
+                     batch.text_lengths, b, l, v, lt, ctx);
+    loss.ctc = static_cast<double>(total) / ctc_normalizer_;
+  }
+
+  if (run_att_) {
+    const int64_t u = lt + 1;
+    const int32_t sos = static_cast<int32_t>(config_.sos()), eos = static_cast<int32_t>(config_.eos());
+    ys_in_ = activation_alloc<int32_t>(ctx, b * u);
+    ys_out_ = activation_alloc<int32_t>(ctx, b * u);
+    ys_in_lengths_ = activation_alloc<int32_t>(ctx, b);
+    make_decoder_targets(ys_in_, ys_out_, ys_in_lengths_, batch.text, batch.text_lengths, false, sos, eos,
+                         ModelConfig::kIgnoreId, b, lt);
+    int64_t tokens = 0;
+    for (int64_t i = 0; i < b; ++i) tokens += ys_in_lengths_[i];
+    if (config_.length_normalized_loss) {
+      att_normalizer_ = options.token_normalizer > 0 ? options.token_normalizer : static_cast<double>(tokens);
+    } else {
+      att_normalizer_ = ctc_normalizer_;
+    }
+    decoder_forward(&left_saved_, ys_in_, ys_in_lengths_, encoder_saved_.out, encoder_saved_.valid, left_,
+                    dispatcher_, b, u, l, rng, ctx);
+    l2r_lse_ = activation_alloc<T>(ctx, b * u);
+    T l2r = 0;
+    label_smoothing_loss_forward(&l2r, l2r_lse_, &loss.num_tokens, &loss.num_correct, left_saved_.logits,
+                                 ys_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_, b * u,
+                                 v, ctx);
+    loss.att_l2r = static_cast<double>(l2r);
+    if (run_r2l_) {
+      r_in_ = activation_alloc<int32_t>(ctx, b * u);
+      r_out_ = activation_alloc<int32_t>(ctx, b * u);
+      int32_t* r_lengths = activation_alloc<int32_t>(ctx, b);
+      make_decoder_targets(r_in_, r_out_, r_lengths, batch.text, batch.text_lengths, true, sos, eos,
+                           ModelConfig::kIgnoreId, b, lt);
+      decoder_forward(&right_saved_, r_in_, r_lengths, encoder_saved_.out, encoder_saved_.valid, right_,
+                      dispatcher_, b, u, l, rng, ctx);
+      r2l_lse_ = activation_alloc<T>(ctx, b * u);
+      T r2l = 0;
+      label_smoothing_loss_forward(
+          &r2l, r2l_lse_, static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr), right_saved_.logits,
+          r_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
+      loss.att_r2l = static_cast<double>(r2l);
+    }
+    loss.att = (1.0 - config_.reverse_weight) * loss.att_l2r + config_.reverse_weight * loss.att_r2l;
+  }
+
+  const double w = config_.ctc_weight;
+  loss.total = (run_ctc_ ? w * loss.ctc : 0.0) + (run_att_ ? (1.0 - w) * loss.att : 0.0);
+  has_forward_ = true;
+  return loss;
+}
+
+template <class T>
+void U2ppModel<T>::backward(double loss_scale, const StepRng& rng, const RunContext& ctx) {
+  CHECK(has_forward_) << "U2ppModel::backward without a forward";
+  const int64_t b = batch_.batch, v = config_.vocab_size, lt = batch_.max_text;
+  const int64_t l = encoder_saved_.length, d = config_.encoder.output_size;
+  const double w = config_.ctc_weight, rw = config_.reverse_weight;
+  T* denc = activation_alloc<T>(ctx, b * l * d);
+  std::memset(denc, 0, sizeof(T) * static_cast<size_t>(b * l * d));
+
+  if (run_att_) {
+    const int64_t u = lt + 1;
+    T* dlogits = activation_alloc<T>(ctx, b * u * v);
+    label_smoothing_loss_backward(dlogits, static_cast<T>(loss_scale * (1.0 - w) * (1.0 - rw)),
+                                  left_saved_.logits, l2r_lse_, ys_out_, config_.lsm_weight,
+                                  ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
+    decoder_backward(denc, left_saved_, dlogits, left_, dispatcher_, rng, ctx);
+    if (run_r2l_) {
+      label_smoothing_loss_backward(dlogits, static_cast<T>(loss_scale * (1.0 - w) * rw), right_saved_.logits,
+                                    r2l_lse_, r_out_, config_.lsm_weight, ModelConfig::kIgnoreId,
+                                    att_normalizer_, b * u, v, ctx);
+      decoder_backward(denc, right_saved_, dlogits, right_, dispatcher_, rng, ctx);
+    }
+  }
+  if (run_ctc_) {
+    T* dlp = activation_alloc<T>(ctx, b * l * v);
+    ctc_loss_backward(dlp, static_cast<const T*>(nullptr), static_cast<T>(loss_scale * w / ctc_normalizer_),
+                      ctc_log_alpha_, ctc_log_probs_, encoder_saved_.lengths, batch_.text,
+                      batch_.text_lengths, b, l, v, lt, ctx);
+    T* dlogits = activation_alloc<T>(ctx, b * l * v);
+    log_softmax_backward(dlogits, dlp, ctc_log_probs_, static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
+    T* dx = activation_alloc<T>(ctx, b * l * d);
+    linear_backward(dx, ctc_lo_.weight.grad, ctc_lo_.bias.grad, dlogits, encoder_saved_.out,
+                    ctc_lo_.weight.value, b * l, d, v, ctx);
+    add_scaled_inplace(denc, dx, T(1), b * l * d, ctx);
+  }
+  encoder_backward(encoder_saved_, denc, encoder_, dispatcher_, rng, ctx);
+}
+
+template <class T>
+std::vector<std::vector<int64_t>> U2ppModel<T>::expert_load() const {
+  std::vector<std::vector<int64_t>> load;
+  auto add = [&](const FeedForwardRef<T>& ref, const FeedForwardSaved<T>& saved) {
+    if (!ref.moe || saved.experts.expert_counts == nullptr) return;
+    load.emplace_back(saved.experts.expert_counts, saved.experts.expert_counts + ref.experts.n_experts);
+  };
+  for (size_t i = 0; i < encoder_.layers.size() && i < encoder_saved_.layers.size(); ++i) {
+    add(encoder_.layers[i].feed_forward_macaron, encoder_saved_.layers[i].ff_macaron);
+    add(encoder_.layers[i].feed_forward, encoder_saved_.layers[i].ff);
+  }
+  for (size_t i = 0; i < left_.layers.size() && i < left_saved_.layers.size(); ++i) {
+    add(left_.layers[i].feed_forward, left_saved_.layers[i].ff);
+  }
+  for (size_t i = 0; i < right_.layers.size() && i < right_saved_.layers.size(); ++i) {
+    add(right_.layers[i].feed_forward, right_saved_.layers[i].ff);
+  }
+  return load;
+}
+
+template class U2ppModel<float>;
+template class U2ppModel<double>;
+
+}  // namespace moeasr

@@ -1,0 +1,94 @@
+// model/u2pp_model.h — the U2++ (MoE) model of WeNet's ASRModel with a BiTransformerDecoder
+// (u2pp_moe_wenet.md §5): the Conformer encoder, the CTC head (ctc_lo + log_softmax + CTC loss,
+// blank 0, sum), the L2R and R2L attention decoders with label-smoothing loss, and the joint loss
+//   total = ctc_weight * ctc + (1 - ctc_weight) * ((1 - reverse_weight) * l2r + reverse_weight * r2l),
+// each part a sum divided by the batch size (WeNet, length_normalized_loss false) or by the token
+// count (true). For data parallelism the caller gives the GLOBAL batch size (or token count) as the
+// normaliser, so every rank's gradients add up to those of the whole batch on one process.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/decoder.h"
+#include "model/encoder.h"
+#include "model/model_config.h"
+
+namespace moeasr {
+
+// One padded batch on the host.
+template <class T>
+struct U2ppBatch {
+  const T* feats = nullptr;               // [B, T, F] fbank, padded
+  const int32_t* feat_lengths = nullptr;  // [B]
+  const int32_t* text = nullptr;          // [B, Lt] token ids, padding ignored
+  const int32_t* text_lengths = nullptr;  // [B]
+  int64_t batch = 0;                      // B
+  int64_t frames = 0;                     // T
+  int64_t max_text = 0;                   // Lt
+};
+
+struct U2ppForwardOptions {
+  bool training = true;          // BatchNorm batch statistics, dropout
+  int64_t chunk_size = -1;       // attention chunk in encoder frames; <= 0 or >= L: full context
+  int64_t num_left_chunks = -1;  // < 0: all history
+  double batch_normalizer = 0;   // > 0: divide sums by this (global batch size); else by B
+  double token_normalizer = 0;   // length_normalized_loss: > 0: global token count; else local count
+};
+
+struct U2ppLoss {
+  double total = 0, ctc = 0, att = 0, att_l2r = 0, att_r2l = 0;
+  int64_t num_tokens = 0;   // L2R target tokens incl. eos (WeNet's accuracy denominator)
+  int64_t num_correct = 0;  // L2R argmax hits
+  double accuracy() const { return num_tokens > 0 ? double(num_correct) / double(num_tokens) : 0.0; }
+};
+
+template <class T>
+class U2ppModel {
+ public:
+  // `store` holds this rank's parameters (table from build_u2pp_parameter_table with `layout`);
+  // `dispatcher` moves MoE rows (LocalExpertDispatcher on one process).
+  U2ppModel(const ModelConfig& config, ParameterStore<T>* store, ExpertDispatcher<T>* dispatcher,
+            const ExpertLayout& layout);
+
+  // Forward and loss. Activations come from ctx.activations and stay valid until its reset; the
+  // next backward() uses them.
+  U2ppLoss forward(const U2ppBatch<T>& batch, const U2ppForwardOptions& options, const StepRng& rng,
+                   const RunContext& ctx);
+  // Gradients of loss_scale * total (loss_scale = 1 / accum_grad for gradient accumulation),
+  // accumulated into the store's grads.
+  void backward(double loss_scale, const StepRng& rng, const RunContext& ctx);
+
+  const ModelConfig& config() const { return config_; }
+  const EncoderSaved<T>& encoder_state() const { return encoder_saved_; }
+  const T* ctc_log_probs() const { return ctc_log_probs_; }  // [B, L, V] of the last forward
+  // Routed rows per global expert of the last forward, one vector per MoE FFN in model order
+  // (encoder macaron, encoder ff, ..., left decoder, right decoder).
+  std::vector<std::vector<int64_t>> expert_load() const;
+
+ private:
+  ModelConfig config_;
+  ParameterStore<T>* store_;
+  ExpertDispatcher<T>* dispatcher_;
+  std::vector<T> pe_table_;  // [max_len, d]
+  EncoderParams<T> encoder_;
+  DecoderParams<T> left_;
+  DecoderParams<T> right_;
+  LinearRef<T> ctc_lo_;
+
+  // State of the last forward (arena pointers).
+  U2ppBatch<T> batch_;
+  U2ppForwardOptions options_;
+  EncoderSaved<T> encoder_saved_;
+  DecoderSaved<T> left_saved_, right_saved_;
+  bool run_ctc_ = false, run_att_ = false, run_r2l_ = false;
+  double ctc_normalizer_ = 1, att_normalizer_ = 1;
+  T* ctc_log_probs_ = nullptr;
+  T* ctc_log_alpha_ = nullptr;
+  int32_t *ys_in_ = nullptr, *ys_out_ = nullptr, *ys_in_lengths_ = nullptr;
+  int32_t *r_in_ = nullptr, *r_out_ = nullptr;
+  T *l2r_lse_ = nullptr, *r2l_lse_ = nullptr;
+  bool has_forward_ = false;
+};
+
+}  // namespace moeasr
