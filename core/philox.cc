@@ -63,15 +63,18 @@ PhiloxStream philox_stream(const RngKey& key) {
   return stream;
 }
 
-uint32_t philox_u32(const PhiloxStream& stream, uint64_t index) {
-  uint64_t block = index >> 2;
+PhiloxCounter philox_block(const PhiloxStream& stream, uint64_t block) {
   PhiloxCounter counter = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
                            stream.counter_hi[0], stream.counter_hi[1]};
-  return philox4x32(counter, stream.key)[index & 3];
+  return philox4x32(counter, stream.key);
+}
+
+uint32_t philox_u32(const PhiloxStream& stream, uint64_t index) {
+  return philox_block(stream, index >> 2)[index & 3];
 }
 
 float philox_uniform(const PhiloxStream& stream, uint64_t index) {
-  return static_cast<float>(philox_u32(stream, index) >> 8) * (1.0f / 16777216.0f);
+  return philox_word_to_uniform(philox_u32(stream, index));
 }
 
 double philox_uniform_double(const PhiloxStream& stream, uint64_t index) {

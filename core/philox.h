@@ -51,6 +51,13 @@ PhiloxStream philox_stream(const RngKey& key);
 
 // The 32-bit random word for element `index` of a stream (4 words per Philox block).
 uint32_t philox_u32(const PhiloxStream& stream, uint64_t index);
+// The 4 words of block `block`, i.e. elements 4*block .. 4*block+3 (what loops over many elements
+// use, one Philox evaluation per 4 elements).
+PhiloxCounter philox_block(const PhiloxStream& stream, uint64_t block);
+// The uniform in [0, 1) that philox_uniform() makes from a word (24 random bits).
+inline float philox_word_to_uniform(uint32_t word) {
+  return static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
+}
 // Uniform in [0, 1) with 24 random bits (exactly representable in float).
 float philox_uniform(const PhiloxStream& stream, uint64_t index);
 // Uniform in [0, 1) with 53 random bits, from words 2*index and 2*index+1.

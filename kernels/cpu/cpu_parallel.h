@@ -17,8 +17,9 @@ inline int cpu_threads_for(const RunContext& ctx, int64_t work) {
   return ctx.num_threads;
 }
 
-// Sets OpenBLAS's thread count from the context. OpenBLAS keeps it process-wide, so main (or a test
-// fixture) calls this once after building the RunContext.
+// Makes OpenBLAS single-threaded (it keeps that setting process-wide): the CPU backend runs one
+// OpenMP thread pool and gemm() splits large products over ctx.num_threads itself. main (or a
+// benchmark) calls this once after building the RunContext.
 void cpu_backend_init(const RunContext& ctx);
 
 }  // namespace moeasr

@@ -32,9 +32,18 @@ void dropout_apply(T* out, const T* in, const PhiloxStream& stream, double p, in
     }
     return;
   }
+  // One Philox block serves 4 consecutive elements (the same words dropout_keeps() reads).
+  const int64_t blocks = (n + 3) / 4;
   int threads = cpu_threads_for(ctx, n * kDropoutWorkPerElement);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < n; ++i) out[i] = dropout_keeps(stream, p, i) ? in[i] * scale : T(0);
+  for (int64_t block = 0; block < blocks; ++block) {
+    PhiloxCounter words = philox_block(stream, static_cast<uint64_t>(block));
+    const int64_t first = 4 * block, count = n - first < 4 ? n - first : 4;
+    for (int64_t j = 0; j < count; ++j) {
+      bool keep = static_cast<double>(philox_word_to_uniform(words[static_cast<size_t>(j)])) >= p;
+      out[first + j] = keep ? in[first + j] * scale : T(0);
+    }
+  }
 }
 
 }  // namespace

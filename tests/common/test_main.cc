@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/run_context.h"
+#include "kernels/cpu/cpu_parallel.h"
 
 namespace {
 
@@ -24,7 +26,8 @@ class SkipCounter : public ::testing::EmptyTestEventListener {
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   moeasr::set_process_identity(0, 1);
-  auto* counter = new SkipCounter;  // owned by gtest's listener list
+  moeasr::cpu_backend_init(moeasr::RunContext{});  // single-threaded OpenBLAS, as in the programs
+  auto* counter = new SkipCounter;                 // owned by gtest's listener list
   ::testing::UnitTest::GetInstance()->listeners().Append(counter);
   int result = RUN_ALL_TESTS();
 #ifndef MOEASR_TEST_ALLOW_SKIP
