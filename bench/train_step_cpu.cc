@@ -6,12 +6,15 @@
 // PyTorch numbers measured on this machine kind (465 frames/s dense, 225 MoE; target >= 3x), and the
 // MoE/dense step-time ratio against the FLOP ratio (target within 1.15x). Asserts nothing.
 //
-//   build/bench/bench_train_step_cpu [--steps 5] [--threads 2]
+//   build/bench/bench_train_step_cpu [--steps 5] [--threads 2] [--model dense|moe|both]
+#include <cblas.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/philox.h"
@@ -72,6 +75,7 @@ double forward_flops(const ModelConfig& c, int64_t b, int64_t t, int64_t text) {
 
 struct Result {
   double step_seconds;
+  double forward_seconds, backward_seconds, update_seconds;
   double flops;
   double params;
 };
@@ -98,9 +102,11 @@ Result run(bool moe, int steps, const RunContext& base_ctx) {
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = 1 + int32_t(philox_below(s, 1000000 + i, 4998));
   U2ppBatch<float> batch{feats.data(), feat_lengths.data(), ids.data(), text_lengths.data(), b, t, text};
 
-  std::vector<double> times;
+  std::vector<double> times, fwd, bwd, upd;
+  using Clock = std::chrono::steady_clock;
+  auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
   for (int step = 0; step <= steps; ++step) {  // step 0 warms up (arena planning, page faults)
-    auto start = std::chrono::steady_clock::now();
+    auto start = Clock::now();
     arena.reset();
     store.zero_grads();
     StepRng rng;
@@ -111,20 +117,33 @@ Result run(bool moe, int steps, const RunContext& base_ctx) {
     U2ppForwardOptions options;
     options.chunk_size = step % 2 ? 16 : -1;
     model.forward(batch, options, rng, ctx);
+    auto after_forward = Clock::now();
     model.backward(1.0, rng, ctx);
+    auto after_backward = Clock::now();
     adam.step(ctx);
-    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (step > 0) times.push_back(elapsed);
+    auto end = Clock::now();
+    if (step > 0) {
+      times.push_back(seconds(start, end));
+      fwd.push_back(seconds(start, after_forward));
+      bwd.push_back(seconds(after_forward, after_backward));
+      upd.push_back(seconds(after_backward, end));
+    }
   }
-  std::sort(times.begin(), times.end());
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
   double total_params = 0;
   for (int r = 0; r < 2; ++r) total_params += double(store.values[r].size());
-  return {times[times.size() / 2], 3.0 * forward_flops(config, b, t, text), total_params};
+  return {median(times), median(fwd), median(bwd), median(upd), 3.0 * forward_flops(config, b, t, text),
+          total_params};
 }
 
 int main_impl(int argc, char** argv) {
   int steps = 5, threads = 2;
+  std::string which = "both";
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--model")) which = argv[i + 1];
     if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
   }
@@ -133,20 +152,28 @@ int main_impl(int argc, char** argv) {
   cpu_backend_init(ctx);
   std::printf("# bench_train_step_cpu: batch 4 x 500 frames, %d threads, median of %d steps (fwd+bwd+Adam)\n",
               threads, steps);
+  if (which != "both") {  // one model alone, for profiling
+    Result r = run(which == "moe", steps, ctx);
+    std::printf("%s: step %.3f s (fwd %.3f, bwd %.3f, Adam %.3f)\n", which.c_str(), r.step_seconds,
+                r.forward_seconds, r.backward_seconds, r.update_seconds);
+    return 0;
+  }
   Result dense = run(false, steps, ctx);
   Result moe = run(true, steps, ctx);
   const double frames = 4 * 500;
   const double wenet_dense = 465, wenet_moe = 225;
+  std::printf("# OpenBLAS core: %s (WeNet's numbers were taken with OPENBLAS_CORETYPE=Haswell)\n",
+              openblas_get_corename());
   std::printf(
-      "| model | params | step s | input frames/s | GFLOP/s | WeNet frames/s | ours / WeNet (target >= 3) "
-      "|\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
-  std::printf("| tiny dense | %.1fM | %.3f | %.0f | %.1f | %.0f | %.2f |\n", dense.params / 1e6,
-              dense.step_seconds, frames / dense.step_seconds, dense.flops / dense.step_seconds / 1e9,
-              wenet_dense, frames / dense.step_seconds / wenet_dense);
-  std::printf("| tiny MoE | %.1fM | %.3f | %.0f | %.1f | %.0f | %.2f |\n", moe.params / 1e6, moe.step_seconds,
-              frames / moe.step_seconds, moe.flops / moe.step_seconds / 1e9, wenet_moe,
-              frames / moe.step_seconds / wenet_moe);
+      "| model | params | step s (fwd / bwd / Adam) | input frames/s | GFLOP/s | WeNet frames/s | ours / WeNet "
+      "(target >= 3) |\n|---|---|---|---|---|---|---|\n");
+  auto row = [&](const char* name, const Result& r, double wenet) {
+    std::printf("| %s | %.1fM | %.3f (%.3f / %.3f / %.3f) | %.0f | %.1f | %.0f | %.2f |\n", name, r.params / 1e6,
+                r.step_seconds, r.forward_seconds, r.backward_seconds, r.update_seconds, frames / r.step_seconds,
+                r.flops / r.step_seconds / 1e9, wenet, frames / r.step_seconds / wenet);
+  };
+  row("tiny dense", dense, wenet_dense);
+  row("tiny MoE", moe, wenet_moe);
   double time_ratio = moe.step_seconds / dense.step_seconds, flop_ratio = moe.flops / dense.flops;
   std::printf("\nMoE/dense step time %.2f, FLOP ratio %.2f, time/FLOP ratio %.2f (target <= 1.15)\n",
               time_ratio, flop_ratio, time_ratio / flop_ratio);

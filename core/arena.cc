@@ -43,7 +43,9 @@ void Arena::reset() {
     for (char* block : extra_blocks_) std::free(block);
     extra_blocks_.clear();
     std::free(base_);
-    capacity_ = round_up(high_water_, kAlignment);
+    // Headroom: per-step sizes vary (MoE routing changes how many rows each expert gets), and every
+    // re-plan costs fresh pages.
+    capacity_ = round_up(high_water_ + high_water_ / 4, kAlignment);
     base_ = allocate_host_block(name_, capacity_);
   }
   used_ = 0;

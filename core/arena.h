@@ -3,8 +3,8 @@
 // per-step activation arena (reset every step) and a workspace (scratch inside one op).
 // A fixed arena's size is planned from the config; running out is a planning bug, reported with
 // needed vs available bytes. A growable host arena (for activations whose size depends on the batch)
-// chains extra blocks during a step and, at reset(), replaces them with one block of the high-water
-// size, so from the second step of a given shape on it allocates nothing.
+// chains extra blocks during a step and, at reset(), replaces them with one block of 1.25x the
+// high-water size, so from the second step of a given shape on it allocates nothing.
 #pragma once
 
 #include <cstdint>
