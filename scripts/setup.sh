@@ -15,8 +15,10 @@ PACKAGES=(
   libboost-program-options-dev libgtest-dev libgmock-dev
   # math
   libopenblas-dev libfftw3-dev
-  # audio, tokenizer
-  libsndfile1-dev libsamplerate0-dev libsentencepiece-dev sentencepiece
+  # audio, tokenizer, checksums, JSON (manifests, CMVN files)
+  libsndfile1-dev libsamplerate0-dev libsentencepiece-dev sentencepiece libssl-dev nlohmann-json3-dev
+  # the spoken test/demo corpus: speech synthesizers, sox, public-domain texts
+  espeak-ng flite sox fortunes-min
   # helpers the scripts use
   python3 jq
 )
