@@ -4,6 +4,8 @@
 # verdict.
 #   scripts/test.sh              RelWithDebInfo build in build/ (CUDA backend compiled when nvcc exists)
 #   scripts/test.sh --sanitize   ASan + UBSan build in build-sanitize/ (CPU backend only)
+#   scripts/test.sh --with-torch also the tests that need PyTorch (label torch: the WeNet checkpoint
+#                                converter); installs torch, numpy and h5py from PyPI into build-torch/venv
 #   scripts/test.sh -L gradcheck extra arguments go to ctest (e.g. a label or -R regex)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +13,7 @@ cd "$(dirname "$0")/.."
 build_dir=build
 cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOEASR_CUDA=AUTO)
 ctest_extra=()
+with_torch=0
 while (($#)); do
   case "$1" in
     --sanitize)
@@ -20,12 +23,27 @@ while (($#)); do
       export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:${ASAN_OPTIONS:-}"
       export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
       ;;
+    --with-torch)
+      build_dir=build-torch
+      with_torch=1
+      ;;
     *) ctest_extra+=("$1") ;;
   esac
   shift
 done
 
 scripts/setup.sh
+
+if ((with_torch)); then
+  mkdir -p "$build_dir"
+  venv="$build_dir/venv"
+  if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c "import torch, h5py, numpy" 2>/dev/null; then
+    echo "== installing torch, numpy, h5py into $venv (PyPI; large download)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q torch numpy h5py || { echo "test.sh: pip install torch failed" >&2; exit 1; }
+  fi
+  cmake_args+=(-DMOEASR_TORCH_TESTS=ON "-DMOEASR_PYTHON=$(cd "$venv" && pwd)/bin/python")
+fi
 
 jobs=$(nproc 2>/dev/null || echo 2)
 # Open MPI refuses to run as root (CI runs as root) unless told; more ranks than cores need
