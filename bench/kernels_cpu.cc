@@ -237,7 +237,11 @@ int run(int argc, char** argv) {
     std::vector<double> op_t, peer_t;
     for (int s = 0; s < samples; ++s) {
       op_t.push_back(seconds_per_call(c.run));
+      // The SGEMM peer runs OpenBLAS with its own threads (as a plain OpenBLAS user would); ours
+      // runs single-threaded OpenBLAS inside our OpenMP split (cpu_backend_init).
+      openblas_set_num_threads(threads);
       peer_t.push_back(seconds_per_call(c.peer));
+      openblas_set_num_threads(1);
     }
     double t_op = median(op_t), t_peer = median(peer_t);
     double achieved = c.work / t_op / 1e9, peer = c.work / t_peer / 1e9;  // GFLOP/s or GB/s
