@@ -14,9 +14,8 @@
 //   remove_tags        delete "<...>" spans (to the next '>' or whitespace), as WeNet's --rt=1
 //                      (<unk>, <noise>). Off by default (WeNet's default is on).
 //   remove_punctuation delete Unicode punctuation (general category P*), as jiwer's
-//                      RemovePunctuation: "don't" -> "dont", a lone "," disappears. The table covers
-//                      Latin-1, Greek, Armenian, Hebrew, Arabic, Devanagari, Thai, General
-//                      Punctuation, Supplemental Punctuation, CJK and fullwidth forms.
+//                      RemovePunctuation: "don't" -> "dont", a lone "," disappears; symbols (S*:
+//                      $ + < = > ^ ` | ~) stay. Table: all of Unicode 14 (checked against Python).
 //   case_insensitive   fold to upper case (WeNet's default --cs=0 upper-cases; counts equal a
 //                      lower-case fold) for ASCII, Latin-1, Latin Extended-A, Greek, Cyrillic and
 //                      fullwidth Latin. 'ß' is left as it is (Python's upper() makes "SS").
@@ -27,7 +26,8 @@
 //                      which is jiwer's CER (process_characters). For Mandarin this equals WeNet's
 //                      --char=1; WeNet's --char=1 differs for other scripts: it keeps runs of ASCII
 //                      (English words, digits, <tags>) as one token each and always drops
-//                      ! , ? 、 。 ！ ， ； ？ ： 「 」 ︰ 『 』 《 》 — use remove_punctuation for that part.
+//                      ! , ? 、 。 ！ ， ； ？ ： 「 」 ︰ 『 』 《 》 — use remove_punctuation for that
+//                      part.
 //
 // Edge cases: a reference with no tokens has N = 0; WeNet prints its WER (per utterance, per cluster
 // and overall) as 0.00 whatever the insertions, and so do we. Kaldi divides by zero and prints
@@ -90,7 +90,7 @@ struct Alignment {
 Alignment align_tokens(const std::vector<std::string>& ref, const std::vector<std::string>& hyp);
 
 // The tokens of one text under `options`. `text` should be valid UTF-8 (read_kaldi_text checks);
-// an invalid byte becomes a token of its own.
+// an invalid byte reads as U+FFFD.
 std::vector<std::string> tokenize_for_wer(const std::string& text, const WerOptions& options);
 
 // True when `text` is valid UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
@@ -99,8 +99,8 @@ bool is_valid_utf8(const std::string& text);
 // WeNet's default_cluster of a token: "Number", "Mandarin", "English", "Japanese" or "Other".
 std::string wenet_token_cluster(const std::string& token);
 
-// Columns a token takes when printed, as WeNet's width(): 2 for East Asian wide/fullwidth (and a
-// few ambiguous: Greek, Cyrillic, some Latin-1) code points, 1 otherwise. Only pads the lab:/rec: rows.
+// Columns a token takes when printed, as WeNet's width(): 2 for each code point of East Asian
+// width A, F or W (Unicode 14; "é" is A), 1 otherwise. Only pads the lab:/rec: rows.
 int64_t display_width(const std::string& token);
 
 // One line of a Kaldi-style text file: "key text...".
@@ -129,11 +129,11 @@ struct ClusterWer {
 };
 
 struct WerReport {
-  std::vector<UtteranceWer> utterances;        // in reference order
-  WerCounts total;                             // sum over utterances
-  int64_t sentence_errors = 0;                 // utterances whose token lists differ (Kaldi's %SER)
-  std::vector<ClusterWer> clusters;            // in WeNet's order: first seen in hyp + ref tokens
-  std::vector<std::string> missing_hyp_keys;   // reference keys with no hypothesis
+  std::vector<UtteranceWer> utterances;         // in reference order
+  WerCounts total;                              // sum over utterances
+  int64_t sentence_errors = 0;                  // utterances whose token lists differ (Kaldi's %SER)
+  std::vector<ClusterWer> clusters;             // in WeNet's order: first seen in hyp + ref tokens
+  std::vector<std::string> missing_hyp_keys;    // reference keys with no hypothesis
   std::vector<std::string> unmatched_hyp_keys;  // hypothesis keys with no reference (ignored)
 };
 
