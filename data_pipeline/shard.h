@@ -10,6 +10,30 @@
 //   {"path": "shards/shard_000000.h5", "num_utts": 512, "num_frames": 421337, "bytes": 67432101,
 //    "sha256": "9f2c..."}
 // with paths relative to the manifest's directory.
+//
+// Details of the on-disk layout (format_version 1, as written by ShardWriter in shard.cc):
+// - /feats is HDF5 IEEE binary16 (a user-defined float type: HDF5 1.10 has no predefined one; it is
+//   the same type h5py writes for numpy.float16), chunked along time with chunks of
+//   floor(1 MiB / (2 * num_mel_bins)) rows (6553 rows for 80 bins), no filter; writes are buffered so
+//   every chunk is written whole.
+// - /index is a group of seven 1-D datasets of length num_utts, one per ShardIndexEntry field:
+//   /index/frame_offset int64, /index/num_frames int32, /index/text_offset int64,
+//   /index/text_bytes int32, /index/key_offset int64, /index/key_bytes int32, /index/duration float32
+//   (separate columns rather than a compound type: each reads with one H5Dread, from h5py too).
+// - String attributes (fbank_config, created_by) are fixed-length, null-padded C strings; numeric
+//   attributes are int64 (num_utts, num_frames, num_mel_bins, cmvn_frames) and int32 (format_version).
+// - ShardReader::open checks: the file exists and is HDF5 (a truncated file fails here), format_version
+//   is known, every dataset is present with the expected rank/size, the attributes agree with the
+//   datasets, and every index row lies inside /feats, /text and /keys. Errors are Status (kNotFound
+//   for a missing file, kDataLoss for corruption) whose message starts with the shard's path.
+// - HDF5's automatic error printing is switched off (H5Eset_auto2) for the calling thread whenever a
+//   writer or reader is made; HDF5 errors become Status messages carrying HDF5's innermost message.
+// - File locking is switched off per file (H5Pset_file_locking(fapl, false, true), HDF5 >= 1.10.7):
+//   shards are write-once then read-only, and flock fails or hangs on NFS/Lustre/GPFS. With an older
+//   HDF5 set HDF5_USE_FILE_LOCKING=FALSE in the environment instead.
+// - Objects are created without timestamps (H5Pset_obj_track_times false): the same utterances give
+//   byte-identical shards, so reruns reproduce the manifest's sha256.
+// - A ShardWriter destroyed without finish() removes its "<path>.tmp".
 #pragma once
 
 #include <cstdint>
@@ -87,5 +111,12 @@ StatusOr<std::vector<ManifestEntry>> read_manifest(const std::string& manifest_p
 Status write_manifest(const std::string& manifest_path, const std::vector<ManifestEntry>& entries);
 // The absolute (or manifest-relative resolved) path of an entry.
 std::string manifest_entry_path(const std::string& manifest_path, const ManifestEntry& entry);
+
+// Checks the shard an entry names: it exists (kNotFound otherwise), its size equals entry.bytes and,
+// when check_sha256, its SHA-256 equals entry.sha256 (kDataLoss otherwise). Messages name the shard's
+// path and the manifest.
+Status verify_shard(const std::string& manifest_path, const ManifestEntry& entry, bool check_sha256);
+// Lower-case hex SHA-256 of a file's bytes (OpenSSL EVP), read in 4 MiB blocks.
+StatusOr<std::string> sha256_file(const std::string& path);
 
 }  // namespace moeasr

@@ -8,7 +8,16 @@ wavs with data_pipeline/audio.h and computes data_pipeline/fbank.h; the referenc
 int16 samples (python's wave module, so no torchaudio I/O backend is needed) and calls
 torchaudio.compliance.kaldi.fbank(int16 values as float32, dither=0, ...). kaldi-native-fbank, an
 independent implementation, is run as a cross-check of the reference (its max difference from
-torchaudio is stored as an attribute and must stay below 1e-3).
+torchaudio is stored as an attribute).
+
+Float32 noise (measured with torch 2.15 / torchaudio 2.11.1 / kaldi-native-fbank 1.23.0): torchaudio's
+float32 features differ from the same code run in float64 by up to 1.85e-3 (wav b), and
+kaldi-native-fbank differs from torchaudio by up to 4.2e-3 (wav c). The large differences are all in
+cells whose mel energy is ~e^-24 of the frame's total: float32 rounding (in the time-domain steps and
+the FFT) has a noise floor ~ FLT_EPSILON * sqrt(frame energy / cell energy) in the log domain there.
+Within 14 nats of the frame total, torchaudio32 and torchaudio64 agree to < 5e-4. The C++ test
+therefore asserts 1e-3 on cells within 20 nats of their frame, and 1e-3 + FLT_EPSILON * exp(gap / 2)
+on the rest. Two runs give byte-identical files.
 
 fbank_b_22k.wav is espeak's native 22.05 kHz output of utterance b: the C++ test resamples it with
 libsamplerate and compares with the fbank of the sox-resampled fbank_b_16k.wav (loose bound; two
@@ -16,15 +25,19 @@ different resamplers).
 
 HDF5 layout (float32, gzip):
   /                 attrs: fixture_version, generator, torchaudio_version, knf_max_abs_diff
-  /<case>/fbank     f32 [num_frames, num_mel_bins (+1 with use_energy)]
-                    attrs: wav (file name in tests/fixtures), config (JSON of torchaudio kwargs, as
+  /<case>           attrs: wav (file name in tests/fixtures), config (JSON of torchaudio kwargs, as
                     FbankConfig serialises them)
-Cases: a, b, c (WeNet settings: 80 bins, povey, dither 0, energy_floor 0), a_variant1 (snip_edges
-false, hamming, 40 bins, 40 Hz..Nyquist-400, energy column first, raw energy, energy_floor 1),
-a_variant2 (blackman, no power-of-two rounding, no dc removal, 23 bins, magnitude spectrum, energy
-after the window, last column).
+  /<case>/fbank     f32 [num_frames, num_mel_bins (+1 with use_energy)]
+  /<case>/fbank64   f32, case b only: the same torchaudio function run in float64 (rounded to
+                    float32 when stored), i.e. the features without float32 computation noise
+Cases: a, b, c (WeNet settings: 80 bins, povey, dither 0, energy_floor 0), and on wav b: b_variant1
+(snip_edges false, hamming, 40 bins, 40 Hz..Nyquist-400, energy column first, raw energy,
+energy_floor 1), b_variant2 (blackman, preemphasis 0.9, no power-of-two rounding, no dc removal,
+23 bins, magnitude spectrum, energy after the window, last column).
 
-Run (needs espeak-ng, sox, and torch + torchaudio + kaldi-native-fbank + h5py + numpy):
+Run (needs espeak-ng, sox, and torch + torchaudio + kaldi-native-fbank + h5py + numpy; torchaudio
+2.11.1 was installed with --no-deps next to torch 2.15: only its pure-python compliance.kaldi is used):
+  /work/venv-torch/bin/pip install --no-deps torchaudio==2.11.1 kaldi-native-fbank==1.23.0
   /work/venv-torch/bin/python tests/reference/make_fbank_fixture.py --out_dir tests/fixtures
 """
 
@@ -58,10 +71,10 @@ WENET = dict(
     raw_energy=True, htk_compat=False, use_log_fbank=True, use_power=True)
 
 VARIANTS = {
-    "a_variant1": dict(WENET, snip_edges=False, window_type="hamming", num_mel_bins=40, low_freq=40.0,
+    "b_variant1": dict(WENET, snip_edges=False, window_type="hamming", num_mel_bins=40, low_freq=40.0,
                        high_freq=-400.0, use_energy=True, raw_energy=True, energy_floor=1.0,
                        htk_compat=False),
-    "a_variant2": dict(WENET, window_type="blackman", round_to_power_of_two=False, remove_dc_offset=False,
+    "b_variant2": dict(WENET, window_type="blackman", round_to_power_of_two=False, remove_dc_offset=False,
                        num_mel_bins=23, use_power=False, use_energy=True, raw_energy=False,
                        htk_compat=True, preemphasis_coefficient=0.9),
 }
@@ -127,7 +140,7 @@ def main():
                      os.path.join(args.out_dir, "fbank_b_22k.wav")])
 
     cases = {name: ("fbank_%s_16k.wav" % name, WENET) for name in UTTERANCES}
-    cases.update({name: ("fbank_a_16k.wav", cfg) for name, cfg in VARIANTS.items()})
+    cases.update({name: ("fbank_b_16k.wav", cfg) for name, cfg in VARIANTS.items()})
 
     out_path = os.path.join(args.out_dir, "fbank_parity.h5")
     knf_max = 0.0
@@ -147,15 +160,23 @@ def main():
                   (name, wav_name, feats.shape[0], feats.shape[1], diff))
             g = h5.create_group(name)
             g.create_dataset("fbank", data=feats, compression="gzip", compression_opts=9, shuffle=True)
+            if name == "b":
+                # The same torchaudio code in float64: the float32 rounding noise of both
+                # implementations shows against it.
+                feats64 = kaldi.fbank(torch.from_numpy(samples.astype(np.float64)).unsqueeze(0), **cfg).numpy()
+                g.create_dataset("fbank64", data=feats64.astype(np.float32), compression="gzip",
+                                 compression_opts=9, shuffle=True)
+                print("%-11s |torchaudio32 - torchaudio64| max %.3g" % (name, np.abs(feats - feats64).max()))
             g.attrs["wav"] = wav_name
             g.attrs["config"] = json.dumps(cfg, sort_keys=True)
         h5.attrs["knf_max_abs_diff"] = knf_max
-    assert knf_max < 1e-3, knf_max
-    total = sum(os.path.getsize(os.path.join(args.out_dir, f)) for f in os.listdir(args.out_dir)
-                if f.startswith("fbank_"))
-    print("wrote %s; fixture files total %d bytes" % (out_path, total))
-    if total > 400_000:
-        sys.exit("fixture files too large: %d bytes" % total)
+    assert knf_max < 1e-2, knf_max
+    wav_bytes = sum(os.path.getsize(os.path.join(args.out_dir, f)) for f in os.listdir(args.out_dir)
+                    if f.startswith("fbank_") and f.endswith(".wav"))
+    h5_bytes = os.path.getsize(out_path)
+    print("wrote %s (%d bytes); wavs %d bytes" % (out_path, h5_bytes, wav_bytes))
+    if wav_bytes > 300_000 or h5_bytes > 300_000:
+        sys.exit("fixture files too large")
 
 
 if __name__ == "__main__":
