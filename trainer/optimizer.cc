@@ -42,6 +42,32 @@ UpdateResult AdamOptimizer<T>::step(const RunContext& ctx) {
     result.skipped = true;
     return result;
   }
+  apply_update(&result, ctx);
+  return result;
+}
+
+template <class T>
+UpdateResult AdamOptimizer<T>::step_with_norm(double grad_norm, const RunContext& ctx) {
+  UpdateResult result;
+  result.grad_norm = grad_norm;
+  if (!std::isfinite(grad_norm)) {
+    result.skipped = true;
+    return result;
+  }
+  // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+  double coef = options_.grad_clip > 0 ? options_.grad_clip / (grad_norm + 1e-6) : 1.0;
+  if (coef < 1.0) {
+    for (auto& g : store_->grads) {
+      for (T& v : g) v = static_cast<T>(v * coef);
+    }
+  }
+  apply_update(&result, ctx);
+  return result;
+}
+
+template <class T>
+void AdamOptimizer<T>::apply_update(UpdateResult* result_out, const RunContext& ctx) {
+  UpdateResult& result = *result_out;
   ++step_;
   result.lr = warmup_lr(options_.lr, options_.warmup_steps, step_);
   for (int r = 0; r < kNumParamRegions; ++r) {
@@ -50,7 +76,6 @@ UpdateResult AdamOptimizer<T>::step(const RunContext& ctx) {
                 result.lr, options_.beta1, options_.beta2, options_.eps, options_.weight_decay, step_,
                 static_cast<int64_t>(store_->grads[r].size()), ctx);
   }
-  return result;
 }
 
 template class AdamOptimizer<float>;

@@ -41,6 +41,10 @@ class AdamOptimizer {
   // One update from the accumulated gradients (already divided by accum_grad by the caller's loss
   // scaling). Increments the step counter unless skipped. Does not zero the gradients.
   UpdateResult step(const RunContext& ctx);
+  // The same with the gradient norm computed by the caller — with expert parallelism the norm must
+  // be global (parallel/grad_sync.h global_grad_norm_distributed), which this process cannot see.
+  // Clips by options().grad_clip against that norm, skips when it is not finite.
+  UpdateResult step_with_norm(double grad_norm, const RunContext& ctx);
 
   int64_t steps_taken() const { return step_; }
   void set_steps_taken(int64_t step) { step_ = step; }  // for resume
@@ -49,6 +53,8 @@ class AdamOptimizer {
   const AdamOptions& options() const { return options_; }
 
  private:
+  void apply_update(UpdateResult* result, const RunContext& ctx);  // step count, lr, Adam on every region
+
   ParameterStore<T>* store_;
   AdamOptions options_;
   int64_t step_ = 0;

@@ -74,5 +74,24 @@ TEST(AdamOptimizer, ClipsToMaxNormAndSkipsNonFinite) {
   EXPECT_EQ(adam.steps_taken(), 1);
 }
 
+TEST(AdamOptimizer, StepWithAGivenNormEqualsStepWithItsOwnNorm) {
+  ParameterTable table = tiny_table();
+  ParameterStore<double> a(table), b(table);
+  initialize_parameters(&a, 1);
+  initialize_parameters(&b, 1);
+  for (auto* s : {&a, &b})
+    for (auto& g : s->grads) std::fill(g.begin(), g.end(), 2.0);
+  AdamOptions options;
+  options.grad_clip = 1.0;
+  AdamOptimizer<double> own(&a, options), given(&b, options);
+  RunContext ctx = testing::cpu_test_context();
+  UpdateResult ra = own.step(ctx);
+  UpdateResult rb = given.step_with_norm(std::sqrt(7 * 4.0), ctx);
+  EXPECT_DOUBLE_EQ(ra.grad_norm, rb.grad_norm);
+  for (int r = 0; r < 2; ++r)
+    for (size_t i = 0; i < a.values[r].size(); ++i) EXPECT_NEAR(a.values[r][i], b.values[r][i], 1e-15);
+  EXPECT_TRUE(given.step_with_norm(std::numeric_limits<double>::infinity(), ctx).skipped);
+}
+
 }  // namespace
 }  // namespace moeasr

@@ -1,0 +1,98 @@
+// parallel/grad_sync.cc — bucketed gradient all-reduce, distributed norm and clipping (see the header).
+#include "parallel/grad_sync.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_parallel.h"
+#include "kernels/cpu/optimizer.h"
+
+namespace moeasr {
+namespace {
+
+template <class T>
+Status all_reduce_buckets(std::vector<T>* grads, Communicator* comm, int64_t bucket_bytes,
+                          const char* region) {
+  const int64_t n = static_cast<int64_t>(grads->size());
+  const int64_t per_bucket = std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(sizeof(T)));
+  // The bucket count is a function of the region size alone, equal on every member (same table).
+  for (int64_t begin = 0; begin < n; begin += per_bucket) {
+    const int64_t count = std::min(per_bucket, n - begin);
+    Status s = comm->all_reduce(grads->data() + begin, count, DTypeOf<T>::value, ReduceOp::kSum);
+    if (!s.ok()) return s.with_context(std::string("syncing the ") + region + " gradients");
+  }
+  return Status();
+}
+
+template <class T>
+double squared_norm(const std::vector<T>& grads, const RunContext& ctx) {
+  GradBuffer<T> buffer{const_cast<T*>(grads.data()), static_cast<int64_t>(grads.size())};
+  const double norm = global_grad_norm(&buffer, 1, ctx);
+  return norm * norm;
+}
+
+}  // namespace
+
+StatusOr<int64_t> global_batch_size(int64_t local_batch, Communicator* world) {
+  if (local_batch < 0) return invalid_argument_error("negative batch size " + std::to_string(local_batch));
+  int64_t total = local_batch;
+  RETURN_IF_ERROR(world->all_reduce(&total, 1, DType::i64, ReduceOp::kSum));
+  return total;
+}
+
+template <class T>
+Status sync_gradients(ParameterStore<T>* store, Communicator* world, Communicator* edp,
+                      const GradSyncOptions& options) {
+  if (options.bucket_bytes <= 0) {
+    return invalid_argument_error("GradSyncOptions.bucket_bytes must be > 0, got " +
+                                  std::to_string(options.bucket_bytes));
+  }
+  RETURN_IF_ERROR(all_reduce_buckets(&store->grads[static_cast<int>(ParamRegion::kDense)], world,
+                                     options.bucket_bytes, "dense"));
+  RETURN_IF_ERROR(all_reduce_buckets(&store->grads[static_cast<int>(ParamRegion::kExpert)], edp,
+                                     options.bucket_bytes, "expert"));
+  return Status();
+}
+
+template <class T>
+StatusOr<double> global_grad_norm_distributed(const ParameterStore<T>& store, Communicator* ep,
+                                              const RunContext& ctx) {
+  const double dense = squared_norm(store.grads[static_cast<int>(ParamRegion::kDense)], ctx);
+  double expert = squared_norm(store.grads[static_cast<int>(ParamRegion::kExpert)], ctx);
+  RETURN_IF_ERROR(ep->all_reduce(&expert, 1, DType::f64, ReduceOp::kSum));
+  return std::sqrt(dense + expert);
+}
+
+template <class T>
+StatusOr<double> clip_grad_norm_distributed(ParameterStore<T>* store, double max_norm, Communicator* ep,
+                                            const RunContext& ctx) {
+  if (!(max_norm > 0)) return invalid_argument_error("max_norm must be > 0, got " + std::to_string(max_norm));
+  ASSIGN_OR_RETURN(double norm, global_grad_norm_distributed(*store, ep, ctx));
+  if (!std::isfinite(norm)) return norm;
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0) {
+    const T c = static_cast<T>(coef);
+    for (int r : {static_cast<int>(ParamRegion::kDense), static_cast<int>(ParamRegion::kExpert)}) {
+      std::vector<T>& g = store->grads[r];
+      const int64_t n = static_cast<int64_t>(g.size());
+      const int threads = cpu_threads_for(ctx, n);
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (int64_t i = 0; i < n; ++i) g[i] *= c;
+    }
+  }
+  return norm;
+}
+
+#define MOEASR_INSTANTIATE_GRAD_SYNC(T)                                                              \
+  template Status sync_gradients<T>(ParameterStore<T>*, Communicator*, Communicator*,                \
+                                    const GradSyncOptions&);                                         \
+  template StatusOr<double> global_grad_norm_distributed<T>(const ParameterStore<T>&, Communicator*, \
+                                                            const RunContext&);                      \
+  template StatusOr<double> clip_grad_norm_distributed<T>(ParameterStore<T>*, double, Communicator*, \
+                                                          const RunContext&);
+MOEASR_INSTANTIATE_GRAD_SYNC(float)
+MOEASR_INSTANTIATE_GRAD_SYNC(double)
+#undef MOEASR_INSTANTIATE_GRAD_SYNC
+
+}  // namespace moeasr
