@@ -13,6 +13,9 @@ PACKAGES=(
   libhdf5-dev hdf5-tools libprotobuf-dev protobuf-compiler libyaml-cpp-dev
   # command line, tests
   libboost-program-options-dev libgtest-dev libgmock-dev
+  # Boost headers: boost/crc.hpp gives the CRC-32C of TensorBoard's TFRecord framing (Debian 12 has no
+  # libcrc32c-dev)
+  libboost-dev
   # math
   libopenblas-dev libfftw3-dev
   # audio, tokenizer, checksums, JSON (manifests, CMVN files)

@@ -20,6 +20,8 @@ StatusOr<proto::TrainConfig> parse_train_config(const std::string& yaml_text, co
                                                 const std::vector<std::string>& overrides);
 // The resolved config as YAML (WeNet key names, every field set) for exp/<name>/train.yaml.
 std::string train_config_to_yaml(const proto::TrainConfig& config);
+// The same as protobuf text format, for exp/<name>/train.prototxt (asr_toolkits.md §5.2: an exact dump).
+std::string train_config_to_prototxt(const proto::TrainConfig& config);
 // The model part as the ModelConfig the model code takes.
 ModelConfig model_config_from_train_config(const proto::TrainConfig& config);
 
