@@ -84,22 +84,25 @@ TEST(WenetYaml, ErrorsNameTheKeyAndLine) {
   typo.replace(typo.find("num_blocks: 2"), 13, "num_block: 2");
   StatusOr<ModelConfig> bad = model_config_from_wenet_yaml_text(typo, "exp/train.yaml");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("exp/train.yaml:7: 'encoder_conf.num_block' is not a key"), std::string::npos)
+  EXPECT_NE(bad.status().message().find("exp/train.yaml:7: 'encoder_conf.num_block' is not a key"),
+            std::string::npos)
       << bad.status().message();
 
   std::string wrong_type = kMoeYaml;
   wrong_type.replace(wrong_type.find("linear_units: 64"), 16, "linear_units: many");
   bad = model_config_from_wenet_yaml_text(wrong_type, "t.yaml");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("t.yaml:6: 'encoder_conf.linear_units' has a value of the wrong type"),
-            std::string::npos)
+  EXPECT_NE(
+      bad.status().message().find("t.yaml:6: 'encoder_conf.linear_units' has a value of the wrong type"),
+      std::string::npos)
       << bad.status().message();
 
   std::string unsupported = kMoeYaml;
   unsupported.replace(unsupported.find("'rel_pos'"), 9, "'abs_pos'");
   bad = model_config_from_wenet_yaml_text(unsupported, "t.yaml");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("pos_enc_layer_type' = 'abs_pos' is not supported"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("pos_enc_layer_type' = 'abs_pos' is not supported"),
+            std::string::npos);
 
   std::string impossible = kMoeYaml;
   impossible.replace(impossible.find("n_expert_activated: 2"), 21, "n_expert_activated: 9");
@@ -141,7 +144,8 @@ TEST(ModelWeights, RoundTripAndRefusals) {
   ParameterStore<float> o(other);
   Status refused = load_model_weights(path, &o);
   ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.message().find("has shape [64, 32] but the configured model expects [96, 32]"), std::string::npos)
+  EXPECT_NE(refused.message().find("has shape [64, 32] but the configured model expects [96, 32]"),
+            std::string::npos)
       << refused.message();
   ModelConfig dense = c;
   dense.encoder.ffn.mlp_type = MlpType::kDense;
