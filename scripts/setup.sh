@@ -22,6 +22,8 @@ PACKAGES=(
   libsndfile1-dev libsamplerate0-dev libsentencepiece-dev sentencepiece libssl-dev nlohmann-json3-dev
   # the spoken test/demo corpus: speech synthesizers, sox, public-domain texts
   espeak-ng flite sox fortunes-min
+  # the demo's loss-curve plot
+  python3-matplotlib
   # helpers the scripts use
   python3 jq
 )
