@@ -36,6 +36,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -315,11 +316,12 @@ int run(const Options& opt) {
             << " utterances, " << opt.num_threads << " threads";
 
   const std::string shard_dir = opt.out_dir + "/shards";
-  ::mkdir(opt.out_dir.c_str(), 0777);
-  ::mkdir(shard_dir.c_str(), 0777);
+  std::error_code mkdir_error;
+  std::filesystem::create_directories(shard_dir, mkdir_error);  // parents too, like mkdir -p
   struct stat st;
   if (::stat(shard_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    LOG(ERROR) << "make_shards: cannot create directory " << shard_dir;
+    LOG(ERROR) << "make_shards: cannot create directory " << shard_dir
+               << (mkdir_error ? " (" + mkdir_error.message() + ")" : std::string());
     return 1;
   }
   const std::string manifest_path = opt.out_dir + "/manifest.jsonl";

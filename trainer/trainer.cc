@@ -646,8 +646,12 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
   // Data.
   ASSIGN_OR_RETURN(m.train_manifest, read_manifest(o.train_data));
   if (static_cast<int>(m.train_manifest.size()) < m.world()) {
-    LOG(WARNING) << o.train_data << " lists " << m.train_manifest.size() << " shards for " << m.world()
-                 << " ranks: ranks without a shard end every epoch at once; make at least one shard per rank";
+    // Shards are dealt to ranks and epochs end in lock-step: a rank without a shard would end every
+    // epoch before its first step, and the run would never train.
+    return invalid_argument_error(o.train_data + " lists " + std::to_string(m.train_manifest.size()) +
+                                  " shard(s) for " + std::to_string(m.world()) +
+                                  " ranks; every rank needs at least one: rerun make_shards with a smaller "
+                                  "--num_utts_per_shard");
   }
   auto hdf5_mutex = std::make_shared<std::mutex>();
 
