@@ -175,7 +175,11 @@ overall() { grep -h "^Overall ->" "$1" 2>/dev/null | head -n 1 | awk '{print $3}
 } >"$out/RESULTS.md"
 
 say "plotting the loss curves"
-python3 - "$out/exp/log/train.rank000.log" "$out/loss_curves.png" >>"$log" 2>&1 <<'PY' || say "(no plot: python3-matplotlib missing?)"
+# Debian's python3 (where python3-matplotlib installs), not whichever python3 comes first on PATH.
+plot_python=/usr/bin/python3
+[[ -x $plot_python ]] || plot_python=python3
+"$plot_python" - "$out/exp/log/train.rank000.log" "$out/loss_curves.png" >>"$log" 2>&1 <<'PY' ||
+  say "(no plot: $plot_python cannot import matplotlib; see $log)"
 import re, sys
 import matplotlib
 matplotlib.use("Agg")

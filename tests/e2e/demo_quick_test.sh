@@ -2,7 +2,7 @@
 # tests/e2e/demo_quick_test.sh MOE_ASR_BINARY OUT_DIR — runs `scripts/demo.sh --quick` with the given
 # moe-asr binary and checks what a newcomer would look at: the RESULTS table exists and has a row for
 # each of the four decoding modes with numbers in both chunk columns, and the training loss fell
-# (last logged TRAIN loss below the first).
+# (last logged TRAIN loss below the first), and the loss-curve PNG exists.
 set -euo pipefail
 binary=$1
 out=$2
@@ -19,6 +19,7 @@ for mode in ctc_greedy_search ctc_prefix_beam_search attention attention_rescori
   cells=$(echo "$row" | tr '|' '\n' | sed 's/ //g' | grep -cE '^[0-9]+(\.[0-9]+)?$' || true)
   ((cells == 4)) || { echo "FAIL: row for $mode has $cells numeric cells, want 4: $row"; exit 1; }
 done
+[[ -s "$out/loss_curves.png" ]] || { echo "FAIL: $out/loss_curves.png (training and cv loss curves) missing"; exit 1; }
 log="$out/exp/log/train.rank000.log"
 first=$(grep -oE "TRAIN \| epoch [0-9]+ step [0-9]+ \| loss [0-9.]+" "$log" | head -n 1 | awk '{print $NF}')
 last=$(grep -oE "TRAIN \| epoch [0-9]+ step [0-9]+ \| loss [0-9.]+" "$log" | tail -n 1 | awk '{print $NF}')
