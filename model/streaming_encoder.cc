@@ -239,7 +239,7 @@ void StreamingEncoder<T>::run_layers(T* out, T* x, int64_t lq, EncoderChunkCache
     const T* layer_cache = t1 > 0 ? cache->att.data() + i * heads * t1 * 2 * dk : nullptr;
     const T* p_rows = pos_proj_[static_cast<size_t>(i)].data() + (offset - t1) * d;
     rel_attention_with_cache(branch, kv, a, layer_cache, p_rows, mask, p.self_attn, lq, t1, d, heads, ctx);
-    for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t h = 0; keep > 0 && h < heads; ++h) {  // keep 0: the new cache is empty (no pointer)
       std::memcpy(new_att.data() + (i * heads + h) * keep * 2 * dk, kv + (h * tk + next_start) * 2 * dk,
                   sizeof(T) * static_cast<size_t>(keep * 2 * dk));
     }
