@@ -1,12 +1,12 @@
 // model/decoder.cc — Transformer decoder forward and backward (see decoder.h).
 #include "model/decoder.h"
 
-#include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/masks.h"
 #include "kernels/cpu/norm.h"
+#include "model/layer_helpers.h"
 
 namespace moeasr {
 namespace {
@@ -17,36 +17,6 @@ constexpr uint64_t kSiteAfterSelfAttn = 0;
 constexpr uint64_t kSiteAfterSrcAttn = 1;
 constexpr uint64_t kSiteAfterFf = 2;
 constexpr uint64_t kSiteInsideFf = 3;
-
-template <class T>
-void dropout_in_place(T* x, int64_t n, const DropoutSite& site, const RunContext& ctx) {
-  if (site.active()) dropout_forward(x, x, site.stream, site.rate, n, ctx);
-}
-
-template <class T>
-void dropout_backward_or_copy(T* dx, const T* dy, int64_t n, const DropoutSite& site, const RunContext& ctx) {
-  if (site.active()) {
-    dropout_backward(dx, dy, site.stream, site.rate, n, ctx);
-  } else {
-    scale_forward(dx, dy, T(1), n, ctx);
-  }
-}
-
-template <class T>
-void ln_forward(T* out, T* mean, T* rstd, const T* x, const LayerNormRef<T>& ln, int64_t n,
-                const RunContext& ctx) {
-  layer_norm_forward(out, mean, rstd, x, ln.weight.value, ln.bias.value, static_cast<T>(ln.eps), n,
-                     ln.channels, ctx);
-}
-
-template <class T>
-void ln_backward_add(T* acc, const T* dout, const T* x, const T* mean, const T* rstd,
-                     const LayerNormRef<T>& ln, int64_t n, const RunContext& ctx) {
-  T* dx = activation_alloc<T>(ctx, n * ln.channels);
-  layer_norm_backward(dx, ln.weight.grad, ln.bias.grad, dout, x, mean, rstd, ln.weight.value, n, ln.channels,
-                      ctx);
-  add_scaled_inplace(acc, dx, T(1), n * ln.channels, ctx);
-}
 
 }  // namespace
 
@@ -120,31 +90,31 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
     ls.x0 = x;
     ls.stats = activation_alloc<T>(ctx, 6 * n);
     ls.a1 = alloc();
-    ln_forward(ls.a1, ls.stats, ls.stats + n, x, l.norm1, n, ctx);
+    layer_norm_ref_forward(ls.a1, ls.stats, ls.stats + n, x, l.norm1, n, ctx);
     ls.s = alloc();
     multi_head_attention_forward(&ls.self_attn, ls.s, ls.a1, ls.a1, ls.a1, s->self_mask, l.self_attn, batch,
                                  steps, steps, d, cfg.attention_heads, cfg.self_attention_dropout_rate,
                                  layer_id, kSelfAttentionDropoutSite, rng, ctx);
-    dropout_in_place(ls.s, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn), ctx);
+    branch_dropout_forward(ls.s, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn), ctx);
     ls.x1 = alloc();
     residual_add_forward(ls.x1, x, ls.s, T(1), nd, ctx);
 
     ls.a2 = alloc();
-    ln_forward(ls.a2, ls.stats + 2 * n, ls.stats + 3 * n, ls.x1, l.norm2, n, ctx);
+    layer_norm_ref_forward(ls.a2, ls.stats + 2 * n, ls.stats + 3 * n, ls.x1, l.norm2, n, ctx);
     ls.c = alloc();
     multi_head_attention_forward(&ls.src_attn, ls.c, ls.a2, memory, memory, s->src_mask, l.src_attn, batch,
                                  steps, frames, d, cfg.attention_heads, cfg.src_attention_dropout_rate,
                                  layer_id, kSrcAttentionDropoutSite, rng, ctx);
-    dropout_in_place(ls.c, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSrcAttn), ctx);
+    branch_dropout_forward(ls.c, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSrcAttn), ctx);
     ls.x2 = alloc();
     residual_add_forward(ls.x2, ls.x1, ls.c, T(1), nd, ctx);
 
     ls.a3 = alloc();
-    ln_forward(ls.a3, ls.stats + 4 * n, ls.stats + 5 * n, ls.x2, l.norm3, n, ctx);
+    layer_norm_ref_forward(ls.a3, ls.stats + 4 * n, ls.stats + 5 * n, ls.x2, l.norm3, n, ctx);
     ls.f = alloc();
     feed_forward_forward(&ls.ff, ls.f, ls.a3, s->valid, l.feed_forward, dispatcher, n, layer_id,
                          kSiteInsideFf, rng, ctx);
-    dropout_in_place(ls.f, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterFf), ctx);
+    branch_dropout_forward(ls.f, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterFf), ctx);
     ls.x3 = alloc();
     residual_add_forward(ls.x3, ls.x2, ls.f, T(1), nd, ctx);
     x = ls.x3;
@@ -152,7 +122,7 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
   s->before_norm = const_cast<T*>(x);
   s->norm_stats = activation_alloc<T>(ctx, 2 * n);
   s->normed = activation_alloc<T>(ctx, nd);
-  ln_forward(s->normed, s->norm_stats, s->norm_stats + n, x, p.after_norm, n, ctx);
+  layer_norm_ref_forward(s->normed, s->norm_stats, s->norm_stats + n, x, p.after_norm, n, ctx);
   s->logits = activation_alloc<T>(ctx, n * p.vocab);
   linear_forward(s->logits, s->normed, p.output_layer.weight.value, p.output_layer.bias.value, n, d, p.vocab,
                  ctx);
@@ -180,24 +150,26 @@ void decoder_backward(T* dmemory, const DecoderSaved<T>& s, const T* dlogits, co
     const DecoderLayerSaved<T>& ls = s.layers[i];
     const uint64_t layer_id = p.layer_id_base + i;
     // x3 = x2 + drop(ffn(norm3(x2)))
-    dropout_backward_or_copy(dbranch, dx, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterFf), ctx);
+    branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterFf), ctx);
     feed_forward_backward(da, ls.ff, dbranch, l.feed_forward, dispatcher, n, layer_id, kSiteInsideFf, rng,
                           ctx);
-    ln_backward_add(dx, da, ls.x2, ls.stats + 4 * n, ls.stats + 5 * n, l.norm3, n, ctx);
+    layer_norm_ref_backward_add(dx, da, ls.x2, ls.stats + 4 * n, ls.stats + 5 * n, l.norm3, n, ctx);
     // x2 = x1 + drop(src_attn(norm2(x1), memory, memory))
-    dropout_backward_or_copy(dbranch, dx, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSrcAttn), ctx);
+    branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSrcAttn),
+                            ctx);
     multi_head_attention_backward(da, dmem_k, dmem_v, ls.src_attn, dbranch, l.src_attn, s.batch, s.steps,
                                   s.frames, d, cfg.attention_heads, ctx);
     add_scaled_inplace(dmemory, dmem_k, T(1), md, ctx);
     add_scaled_inplace(dmemory, dmem_v, T(1), md, ctx);
-    ln_backward_add(dx, da, ls.x1, ls.stats + 2 * n, ls.stats + 3 * n, l.norm2, n, ctx);
+    layer_norm_ref_backward_add(dx, da, ls.x1, ls.stats + 2 * n, ls.stats + 3 * n, l.norm2, n, ctx);
     // x1 = x0 + drop(self_attn(norm1(x0)))
-    dropout_backward_or_copy(dbranch, dx, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn), ctx);
+    branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn),
+                            ctx);
     multi_head_attention_backward(da, dk, dv, ls.self_attn, dbranch, l.self_attn, s.batch, s.steps, s.steps,
                                   d, cfg.attention_heads, ctx);
     add_scaled_inplace(da, dk, T(1), nd, ctx);
     add_scaled_inplace(da, dv, T(1), nd, ctx);
-    ln_backward_add(dx, da, ls.x0, ls.stats, ls.stats + n, l.norm1, n, ctx);
+    layer_norm_ref_backward_add(dx, da, ls.x0, ls.stats, ls.stats + n, l.norm1, n, ctx);
   }
   T* demb = activation_alloc<T>(ctx, nd);
   positional_encoding_backward(demb, dx, p.pos_enc, s.batch, s.steps, p.layer_id_base - 1, rng, ctx);

@@ -7,10 +7,10 @@
 #include <cstring>
 #include <string>
 
-#include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/masks.h"
 #include "kernels/cpu/norm.h"
+#include "model/layer_helpers.h"
 
 namespace moeasr {
 namespace {
@@ -23,40 +23,6 @@ constexpr uint64_t kSiteAfterConv = 2;
 constexpr uint64_t kSiteAfterFf = 3;
 constexpr uint64_t kSiteInsideFfMacaron = 4;
 constexpr uint64_t kSiteInsideFf = 5;
-
-template <class T>
-void dropout_in_place(T* x, int64_t n, const DropoutSite& site, const RunContext& ctx) {
-  if (site.active()) dropout_forward(x, x, site.stream, site.rate, n, ctx);
-}
-
-// dx = dropout_backward(dy) * scale (dx may alias dy).
-template <class T>
-void dropout_scale_backward(T* dx, const T* dy, T scale, int64_t n, const DropoutSite& site,
-                            const RunContext& ctx) {
-  if (site.active()) {
-    dropout_backward(dx, dy, site.stream, site.rate, n, ctx);
-    if (scale != T(1)) scale_forward(dx, dx, scale, n, ctx);
-  } else {
-    scale_forward(dx, dy, scale, n, ctx);
-  }
-}
-
-template <class T>
-void layer_norm_ref_forward(T* out, T* mean, T* rstd, const T* x, const LayerNormRef<T>& ln, int64_t n,
-                            const RunContext& ctx) {
-  layer_norm_forward(out, mean, rstd, x, ln.weight.value, ln.bias.value, static_cast<T>(ln.eps), n,
-                     ln.channels, ctx);
-}
-
-// acc += dx of the LayerNorm whose input was x; parameter grads accumulate.
-template <class T>
-void layer_norm_ref_backward_add(T* acc, const T* dout, const T* x, const T* mean, const T* rstd,
-                                 const LayerNormRef<T>& ln, int64_t n, const RunContext& ctx) {
-  T* dx = activation_alloc<T>(ctx, n * ln.channels);
-  layer_norm_backward(dx, ln.weight.grad, ln.bias.grad, dout, x, mean, rstd, ln.weight.value, n, ln.channels,
-                      ctx);
-  add_scaled_inplace(acc, dx, T(1), n * ln.channels, ctx);
-}
 
 template <class T>
 ConformerLayerParams<T> bind_conformer_layer(ParameterStore<T>* store, const std::string& p,
@@ -93,7 +59,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
   s->f1 = alloc();
   feed_forward_forward(&s->ff_macaron, s->f1, s->a1, valid, p.feed_forward_macaron, dispatcher, n, layer_id,
                        kSiteInsideFfMacaron, rng, ctx);
-  dropout_in_place(s->f1, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFfMacaron), ctx);
+  branch_dropout_forward(s->f1, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFfMacaron), ctx);
   s->x1 = alloc();
   residual_add_forward(s->x1, x0, s->f1, T(0.5), nd, ctx);
 
@@ -104,7 +70,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
   rel_position_attention_forward(&s->attn, s->m, s->a2, s->a2, s->a2, pos_emb, attn_mask, p.self_attn, batch,
                                  length, length, d, enc.attention_heads, enc.attention_dropout_rate, layer_id,
                                  kSelfAttentionDropoutSite, rng, ctx);
-  dropout_in_place(s->m, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterAttention), ctx);
+  branch_dropout_forward(s->m, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterAttention), ctx);
   s->x2 = alloc();
   residual_add_forward(s->x2, s->x1, s->m, T(1), nd, ctx);
 
@@ -113,7 +79,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
   layer_norm_ref_forward(s->a3, st + 4 * n, st + 5 * n, s->x2, p.norm_conv, n, ctx);
   s->c = alloc();
   conformer_conv_forward(&s->conv, s->c, s->a3, valid, p.conv_module, batch, length, training, ctx);
-  dropout_in_place(s->c, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterConv), ctx);
+  branch_dropout_forward(s->c, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterConv), ctx);
   s->x3 = alloc();
   residual_add_forward(s->x3, s->x2, s->c, T(1), nd, ctx);
 
@@ -123,7 +89,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
   s->f2 = alloc();
   feed_forward_forward(&s->ff, s->f2, s->a4, valid, p.feed_forward, dispatcher, n, layer_id, kSiteInsideFf,
                        rng, ctx);
-  dropout_in_place(s->f2, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFf), ctx);
+  branch_dropout_forward(s->f2, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFf), ctx);
   s->x4 = alloc();
   residual_add_forward(s->x4, s->x3, s->f2, T(0.5), nd, ctx);
 
@@ -147,18 +113,18 @@ void conformer_layer_backward(T* dx0, const ConformerLayerSaved<T>& s, const T* 
   T* dbranch = alloc();
   T* da = alloc();
   // x4 = x3 + 0.5 * drop(f2)
-  dropout_scale_backward(dbranch, dx, T(0.5), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFf), ctx);
+  branch_dropout_backward(dbranch, dx, T(0.5), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFf), ctx);
   feed_forward_backward(da, s.ff, dbranch, p.feed_forward, dispatcher, n, layer_id, kSiteInsideFf, rng, ctx);
   layer_norm_ref_backward_add(dx, da, s.x3, st + 6 * n, st + 7 * n, p.norm_ff, n, ctx);
 
   // x3 = x2 + drop(conv(LN(x2)))
-  dropout_scale_backward(dbranch, dx, T(1), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterConv), ctx);
+  branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterConv), ctx);
   conformer_conv_backward(da, s.conv, dbranch, p.conv_module, batch, length, ctx);
   layer_norm_ref_backward_add(dx, da, s.x2, st + 4 * n, st + 5 * n, p.norm_conv, n, ctx);
 
   // x2 = x1 + drop(mhsa(LN(x1)))
-  dropout_scale_backward(dbranch, dx, T(1), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterAttention),
-                         ctx);
+  branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterAttention),
+                          ctx);
   T* dk = alloc();
   T* dv = alloc();
   rel_position_attention_backward(da, dk, dv, static_cast<T*>(nullptr), s.attn, dbranch, p.self_attn, batch,
@@ -168,8 +134,8 @@ void conformer_layer_backward(T* dx0, const ConformerLayerSaved<T>& s, const T* 
   layer_norm_ref_backward_add(dx, da, s.x1, st + 2 * n, st + 3 * n, p.norm_mha, n, ctx);
 
   // x1 = x0 + 0.5 * drop(ffn_mac(LN(x0)))
-  dropout_scale_backward(dbranch, dx, T(0.5), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFfMacaron),
-                         ctx);
+  branch_dropout_backward(dbranch, dx, T(0.5), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFfMacaron),
+                          ctx);
   feed_forward_backward(da, s.ff_macaron, dbranch, p.feed_forward_macaron, dispatcher, n, layer_id,
                         kSiteInsideFfMacaron, rng, ctx);
   layer_norm_ref_backward_add(dx, da, s.x0, st + 0 * n, st + 1 * n, p.norm_ff_macaron, n, ctx);
