@@ -279,11 +279,14 @@ TEST(CollectiveAbort, DebugMismatchAbortsEveryRankWithFingerprints) {
   const int code = WEXITSTATUS(status);
   EXPECT_NE(code, 0) << output;
   EXPECT_NE(code, 124) << "the job hung until timeout killed it\n" << output;
-  EXPECT_TRUE(contains(output, "CHECK failed")) << output;
+  // Every rank reaches the same verdict and reports it itself (mpirun's own "MPI_ABORT" banner is not
+  // asserted: when both ranks abort at once, Open MPI's help aggregation can fail under load and drop it).
+  EXPECT_TRUE(contains(output, "CHECK failed at")) << output;
+  EXPECT_TRUE(contains(output, "on rank 0/2")) << output;
+  EXPECT_TRUE(contains(output, "on rank 1/2")) << output;
   EXPECT_TRUE(contains(output, "counts differ: 3 on rank 0, 4 on rank 1")) << output;
   EXPECT_TRUE(contains(output, "rank 0 (world 0): seq 0 all_reduce f32 count 3")) << output;
   EXPECT_TRUE(contains(output, "rank 1 (world 1): seq 0 all_reduce f32 count 4")) << output;
-  EXPECT_TRUE(contains(output, "MPI_ABORT")) << output;
   EXPECT_FALSE(contains(output, "was not aborted")) << output;
 }
 
