@@ -8,7 +8,7 @@
 //      the left, before pointwise_conv1. pointwise_conv1 maps a zero frame to its bias, so the
 //      depthwise conv's left context is GLU(pw1.bias) (not zero): we run pw1 + GLU over the padded
 //      length T + K-1 and then a 'valid' depthwise conv (no further padding) back to length T.
-//      (In streaming, WeNet prepends cnn_cache instead of the zeros; not implemented here.)
+//      (In streaming, WeNet prepends cnn_cache instead of the zeros: see model/streaming_encoder.h.)
 //      Symmetric mode (non-causal, K odd): no padding of the input; pw1 + GLU over T frames, then the
 //      depthwise Conv1d's own padding=(K-1)/2, i.e. ZEROS OF THE GLU OUTPUT on both sides.
 //   3. pointwise_conv1: Conv1d(d, 2d, 1) = linear d -> 2d per frame (weight [2d, d, 1], bias [2d]).
