@@ -184,8 +184,7 @@ say "plotting the loss curves"
 # Debian's python3 (where python3-matplotlib installs), not whichever python3 comes first on PATH.
 plot_python=/usr/bin/python3
 [[ -x $plot_python ]] || plot_python=python3
-"$plot_python" - "$out/exp/log/train.rank000.log" "$out/loss_curves.png" >>"$log" 2>&1 <<'PY' ||
-  say "(no plot: $plot_python cannot import matplotlib; see $log)"
+if ! "$plot_python" - "$out/exp/log/train.rank000.log" "$out/loss_curves.png" >>"$log" 2>&1 <<'PY'
 import re, sys
 import matplotlib
 matplotlib.use("Agg")
@@ -203,6 +202,9 @@ plt.xlabel("step"); plt.ylabel("loss (ctc + attention, per utterance)"); plt.leg
 plt.title("tiny U2++ MoE (EP=2, 2 CPU ranks)")
 plt.tight_layout(); plt.savefig(sys.argv[2], dpi=100)
 PY
+then
+  say "(no plot: $plot_python cannot draw it; see $log)"
+fi
 
 echo
 cat "$out/RESULTS.md"
