@@ -142,16 +142,23 @@ train_args=(--config "$S/corpus/conf.yaml" --train_data "$S/corpus/train.jsonl" 
 # job_field <id> <Field>: a field of `scontrol show job`.
 job_field() { scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 
-# wait_done <id> <seconds>: until the job is COMPLETED/FAILED/...; nudges a requeued job whose begin
-# time Slurm pushed into the future. Prints the final state.
+# wait_done <id> <seconds>: until the job is COMPLETED/FAILED/...; nudges (once) a requeued job whose
+# begin time Slurm pushed into the future. Prints the final state. The nudge is to now+3 s, not now:
+# Slurm revokes the previous run's job credential at the requeue, and a relaunch within the same second
+# is refused by slurmd ("Job credential revoked").
 wait_done() {
-  local id=$1 deadline=$((SECONDS + $2)) st reason
+  local id=$1 deadline=$((SECONDS + $2)) st reason nudged=0
   while ((SECONDS < deadline)); do
     st=$(job_field "$id" JobState)
     reason=$(job_field "$id" Reason)
     case "$st" in
       COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) echo "$st"; return 0 ;;
-      PENDING) [[ "$reason" == BeginTime ]] && scontrol update JobId="$id" StartTime=now >/dev/null 2>&1 ;;
+      PENDING)
+        if [[ "$reason" == BeginTime ]] && ((!nudged)); then
+          scontrol update JobId="$id" StartTime=now+3 >/dev/null 2>&1
+          nudged=1
+        fi
+        ;;
     esac
     sleep 0.5
   done
