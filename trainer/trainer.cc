@@ -111,7 +111,7 @@ StatusOr<TrainSettings> train_settings_from_config(const proto::TrainConfig& c) 
   s.cv_interval = or_default<int64_t>(t.has_cv_interval(), t.cv_interval(), 0);
   s.keep_checkpoint_max = or_default<int64_t>(t.has_keep_checkpoint_max(), t.keep_checkpoint_max(), 5);
   s.max_consecutive_nonfinite =
-      or_default<int64_t>(t.has_max_consecutive_nonfinite(), t.max_consecutive_nonfinite(), 10);
+      or_default<int64_t>(t.has_max_consecutive_nonfinite(), t.max_consecutive_nonfinite(), 20);
   s.seed = static_cast<uint64_t>(or_default<int64_t>(t.has_seed(), t.seed(), 777));
   s.ep_size = or_default<int64_t>(c.parallel_conf().has_ep_size(), c.parallel_conf().ep_size(), 1);
   const proto::OptimConf& o = c.optim_conf();
@@ -183,7 +183,7 @@ LoaderOptions loader_options_from_config(const proto::TrainConfig& c, uint64_t s
     o.augment.spec_aug_conf.num_f_mask =
         static_cast<int>(or_default<int64_t>(a.has_num_f_mask(), a.num_f_mask(), 2));
     o.augment.spec_aug_conf.max_t = static_cast<int>(or_default<int64_t>(a.has_max_t(), a.max_t(), 50));
-    o.augment.spec_aug_conf.max_f = static_cast<int>(or_default<int64_t>(a.has_max_f(), a.max_f(), 10));
+    o.augment.spec_aug_conf.max_f = static_cast<int>(or_default<int64_t>(a.has_max_f(), a.max_f(), 30));
     o.augment.spec_sub = d.spec_sub();
     o.augment.spec_sub_conf.num_t_sub = static_cast<int>(
         or_default<int64_t>(d.spec_sub_conf().has_num_t_sub(), d.spec_sub_conf().num_t_sub(), 3));
