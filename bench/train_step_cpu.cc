@@ -104,7 +104,9 @@ Result run(bool moe, int steps, const RunContext& base_ctx) {
 
   std::vector<double> times, fwd, bwd, upd;
   using Clock = std::chrono::steady_clock;
-  auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  auto seconds = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+  };
   for (int step = 0; step <= steps; ++step) {  // step 0 warms up (arena planning, page faults)
     auto start = Clock::now();
     arena.reset();
@@ -165,12 +167,14 @@ int main_impl(int argc, char** argv) {
   std::printf("# OpenBLAS core: %s (WeNet's numbers were taken with OPENBLAS_CORETYPE=Haswell)\n",
               openblas_get_corename());
   std::printf(
-      "| model | params | step s (fwd / bwd / Adam) | input frames/s | GFLOP/s | WeNet frames/s | ours / WeNet "
+      "| model | params | step s (fwd / bwd / Adam) | input frames/s | GFLOP/s | WeNet frames/s | ours / "
+      "WeNet "
       "(target >= 3) |\n|---|---|---|---|---|---|---|\n");
   auto row = [&](const char* name, const Result& r, double wenet) {
-    std::printf("| %s | %.1fM | %.3f (%.3f / %.3f / %.3f) | %.0f | %.1f | %.0f | %.2f |\n", name, r.params / 1e6,
-                r.step_seconds, r.forward_seconds, r.backward_seconds, r.update_seconds, frames / r.step_seconds,
-                r.flops / r.step_seconds / 1e9, wenet, frames / r.step_seconds / wenet);
+    std::printf("| %s | %.1fM | %.3f (%.3f / %.3f / %.3f) | %.0f | %.1f | %.0f | %.2f |\n", name,
+                r.params / 1e6, r.step_seconds, r.forward_seconds, r.backward_seconds, r.update_seconds,
+                frames / r.step_seconds, r.flops / r.step_seconds / 1e9, wenet,
+                frames / r.step_seconds / wenet);
   };
   row("tiny dense", dense, wenet_dense);
   row("tiny MoE", moe, wenet_moe);

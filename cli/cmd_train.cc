@@ -65,6 +65,7 @@ int run_train(int argc, char** argv) {
   std::vector<std::string> overrides;
   int num_threads = 0;
   int64_t seed = -1, max_steps = 0;
+  double max_minutes = 0;
   po::options_description desc(
       "moe-asr train: train a U2++ (MoE) model; launch with mpirun or srun (one process per rank)");
   desc.add_options()("help,h", "show this help")("config", po::value(&config_path),
@@ -86,6 +87,9 @@ int run_train(int argc, char** argv) {
       "seed", po::value(&seed)->default_value(-1), "overrides train_conf.seed (data order, dropout, chunks)")(
       "max_steps", po::value(&max_steps)->default_value(0),
       "stop after this many optimizer steps in total (0: max_epoch decides)")(
+      "max_minutes", po::value(&max_minutes)->default_value(0),
+      "stop after this many minutes of this run: cv, checkpoint and final weights, exit 0 (0: no limit; "
+      "for a scheduler's hard limit use SIGUSR1/SIGTERM, which checkpoint and exit 75)")(
       "symbol_table", po::value(&symbol_table), "units.txt (overrides tokenizer_conf.symbol_table_path)")(
       "cmvn", po::value(&cmvn), "global CMVN JSON (overrides cmvn_conf.cmvn_file)")(
       "tensorboard_dir", po::value(&tensorboard_dir),
@@ -114,8 +118,8 @@ int run_train(int argc, char** argv) {
     std::fprintf(stderr, "moe-asr train: --resume must be auto or none (got '%s')\n", resume.c_str());
     return kTrainExitUsage;
   }
-  if (num_threads < 0 || max_steps < 0) {
-    std::fprintf(stderr, "moe-asr train: --num_threads must be >= 0 and --max_steps >= 0\n");
+  if (num_threads < 0 || max_steps < 0 || !(max_minutes >= 0)) {
+    std::fprintf(stderr, "moe-asr train: --num_threads, --max_steps and --max_minutes must be >= 0\n");
     return kTrainExitUsage;
   }
   if (seed >= 0) overrides.push_back("train_conf.seed " + std::to_string(seed));
@@ -184,6 +188,7 @@ int run_train(int argc, char** argv) {
       num_threads > 0 ? num_threads
                       : static_cast<int>(std::max<int64_t>(1, config.value().train_conf().num_threads()));
   options.max_steps = max_steps;
+  options.max_minutes = max_minutes;
   options.symbol_table = symbol_table;
   options.cmvn = cmvn;
   options.scalars = tensorboard.get();

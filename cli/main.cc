@@ -3,6 +3,8 @@
 #include <cstring>
 
 #include "cli/commands.h"
+#include "core/run_context.h"
+#include "kernels/cpu/cpu_parallel.h"
 
 namespace {
 
@@ -22,7 +24,8 @@ constexpr Command kCommands[] = {
 };
 
 void print_usage(FILE* out) {
-  std::fprintf(out, "usage: moe-asr <command> [flags]   (moe-asr <command> --help for its flags)\n\ncommands:\n");
+  std::fprintf(out,
+               "usage: moe-asr <command> [flags]   (moe-asr <command> --help for its flags)\n\ncommands:\n");
   for (const Command& c : kCommands) std::fprintf(out, "  %-14s %s\n", c.name, c.summary);
 }
 
@@ -33,6 +36,10 @@ int main(int argc, char** argv) {
     print_usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  // Single-threaded OpenBLAS under our own OpenMP split, for every command: left at its default,
+  // OpenBLAS starts a pthread per core that spins beside the OpenMP threads (and beside the other
+  // ranks on the node).
+  moeasr::cpu_backend_init(moeasr::RunContext{});
   for (const Command& c : kCommands) {
     if (!std::strcmp(argv[1], c.name)) return c.run(argc - 1, argv + 1);
   }

@@ -9,7 +9,9 @@ namespace moeasr {
 
 namespace {
 
-int64_t round_up(int64_t bytes, int64_t alignment) { return (bytes + alignment - 1) / alignment * alignment; }
+int64_t round_up(int64_t bytes, int64_t alignment) {
+  return (bytes + alignment - 1) / alignment * alignment;
+}
 
 char* allocate_host_block(const std::string& name, int64_t bytes) {
   if (bytes == 0) return nullptr;

@@ -1,24 +1,14 @@
-// core/philox.cc — Philox4x32 rounds (multipliers 0xD2511F53/0xCD9E8D57, Weyl key increments
-// 0x9E3779B9/0xBB67AE85, as published) and the moe-asr stream helpers on top.
+// core/philox.cc — Philox4x32 blocks (the rounds are core/philox_rounds.h, shared with the CUDA
+// kernels) and the moe-asr stream helpers on top.
 #include "core/philox.h"
 
 #include <cmath>
 
 #include "core/check.h"
+#include "core/philox_rounds.h"
 
 namespace moeasr {
 namespace {
-
-constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
-constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
-constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
-constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
-
-inline void mul_hi_lo(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
-  uint64_t product = static_cast<uint64_t>(a) * b;
-  *hi = static_cast<uint32_t>(product >> 32);
-  *lo = static_cast<uint32_t>(product);
-}
 
 // 128-bit product for the multiply-shift bound (GCC/Clang extension).
 __extension__ typedef unsigned __int128 Uint128;
@@ -35,16 +25,7 @@ uint64_t splitmix64(uint64_t x) {
 }  // namespace
 
 PhiloxCounter philox4x32(PhiloxCounter counter, PhiloxKeyWords key, int rounds) {
-  for (int round = 0; round < rounds; ++round) {
-    if (round > 0) {
-      key[0] += kPhiloxW0;
-      key[1] += kPhiloxW1;
-    }
-    uint32_t hi0, lo0, hi1, lo1;
-    mul_hi_lo(kPhiloxM0, counter[0], &hi0, &lo0);
-    mul_hi_lo(kPhiloxM1, counter[2], &hi1, &lo1);
-    counter = {hi1 ^ counter[1] ^ key[0], lo1, hi0 ^ counter[3] ^ key[1], lo0};
-  }
+  philox4x32_rounds(counter.data(), key[0], key[1], rounds);
   return counter;
 }
 

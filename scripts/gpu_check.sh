@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # scripts/gpu_check.sh — the one command for a machine with an NVIDIA GPU: installs what is missing,
 # builds with the CUDA backend (sm_90 + PTX), runs the `gpu` test label (CUDA ops against the CPU ops
-# on fresh random data) and prints one summary. Meant to finish well inside 8 minutes on one H200.
-# The GPU benchmarks (bench/gpu) join this script with the CUDA backend's issue.
+# on fresh random data), runs the GPU benchmarks (bench/gpu: the MoE FFN against a dense FFN of the
+# same FLOPs) and prints one summary. Meant to finish well inside 8 minutes on one H200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -12,12 +12,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
   echo "gpu_check.sh: nvidia-smi failed: no usable NVIDIA GPU/driver here" >&2
   exit 1
 }
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEASR_CUDA=ON -DMOEASR_BUILD_BENCH=OFF >build-gpu.configure.log 2>&1 ||
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEASR_CUDA=ON -DMOEASR_BUILD_BENCH=ON >build-gpu.configure.log 2>&1 ||
   { cat build-gpu.configure.log >&2; exit 1; }
 cmake --build build-gpu -j "$jobs" >build-gpu.build.log 2>&1 || { tail -n 60 build-gpu.build.log >&2; exit 1; }
 set +e
 ctest --test-dir build-gpu -L '^gpu$' --output-on-failure --timeout 300
 status=$?
 set -e
-echo "gpu_check.sh: gpu tests exit $status, $(($(date +%s) - start)) s in total"
+echo
+echo "== bench_gpu_moe_ffn_gpu (issue 9 benchmark a) =="
+bench_status=0
+timeout 180 build-gpu/bench/bench_gpu_moe_ffn_gpu || bench_status=$?
+echo "gpu_check.sh: gpu tests exit $status, benchmark exit $bench_status, $(($(date +%s) - start)) s in total"
+((status == 0)) && status=$bench_status
 exit $status

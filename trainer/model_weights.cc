@@ -51,8 +51,9 @@ Status load_model_weights(const std::string& path, ParameterStore<float>* store)
   for (const std::string& name : names) {
     if (table.find(name) == nullptr && !is_other_ranks_expert(name, table) &&
         name.find(".num_batches_tracked") == std::string::npos) {
-      return invalid_argument_error(path + ": tensor '" + name +
-                                    "' is not part of the configured model (a checkpoint from another model?)");
+      return invalid_argument_error(
+          path + ": tensor '" + name +
+          "' is not part of the configured model (a checkpoint from another model?)");
     }
   }
   for (const ParamEntry& e : table.entries()) {
@@ -66,7 +67,8 @@ Status load_model_weights(const std::string& path, ParameterStore<float>* store)
     std::vector<hsize_t> dims(static_cast<size_t>(rank > 0 ? rank : 0));
     if (rank > 0) H5Sget_simple_extent_dims(space.id, dims.data(), nullptr);
     bool same = rank == e.shape.ndim();
-    for (int i = 0; same && i < rank; ++i) same = static_cast<int64_t>(dims[static_cast<size_t>(i)]) == e.shape[i];
+    for (int i = 0; same && i < rank; ++i)
+      same = static_cast<int64_t>(dims[static_cast<size_t>(i)]) == e.shape[i];
     if (!same) {
       return invalid_argument_error(path + ": tensor '" + e.name + "' has shape " + shape_text(dims) +
                                     " but the configured model expects " + e.shape.to_string() +
@@ -79,12 +81,14 @@ Status load_model_weights(const std::string& path, ParameterStore<float>* store)
   return Status();
 }
 
-Status save_model_weights(const std::string& path, const ParameterStore<float>& store, const std::string& config_text) {
+Status save_model_weights(const std::string& path, const ParameterStore<float>& store,
+                          const std::string& config_text) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   const std::string tmp = path + ".tmp";
   {
     H5Handle file{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose};
-    if (file.id < 0) return io_error("cannot create " + tmp + " (check the directory exists and is writable)");
+    if (file.id < 0)
+      return io_error("cannot create " + tmp + " (check the directory exists and is writable)");
     H5Handle params{H5Gcreate2(file.id, "/params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
     for (const ParamEntry& e : store.table->entries()) {
       std::vector<hsize_t> dims;
@@ -132,7 +136,8 @@ StatusOr<std::string> read_model_weights_config(const std::string& path) {
     H5free_memory(value);
   } else {
     std::vector<char> buffer(H5Tget_size(type.id) + 1, '\0');
-    if (H5Aread(a.id, type.id, buffer.data()) < 0) return data_loss_error(path + ": unreadable config attribute");
+    if (H5Aread(a.id, type.id, buffer.data()) < 0)
+      return data_loss_error(path + ": unreadable config attribute");
     text = buffer.data();
   }
   return text;

@@ -20,7 +20,8 @@ constexpr int kModelWeightsFormatVersion = 1;
 // names in `ignored_suffixes` (e.g. ".num_batches_tracked").
 Status load_model_weights(const std::string& path, ParameterStore<float>* store);
 // Writes "<path>.tmp" and renames; `config_text` is stored as the config attribute.
-Status save_model_weights(const std::string& path, const ParameterStore<float>& store, const std::string& config_text);
+Status save_model_weights(const std::string& path, const ParameterStore<float>& store,
+                          const std::string& config_text);
 // The config attribute of a weights file ("" when absent).
 StatusOr<std::string> read_model_weights_config(const std::string& path);
 

@@ -15,7 +15,8 @@
 namespace moeasr {
 
 // Parses `yaml_path`, applies `overrides` in order, fills defaults, validates.
-StatusOr<proto::TrainConfig> load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides);
+StatusOr<proto::TrainConfig> load_train_config(const std::string& yaml_path,
+                                               const std::vector<std::string>& overrides);
 StatusOr<proto::TrainConfig> parse_train_config(const std::string& yaml_text, const std::string& source,
                                                 const std::vector<std::string>& overrides);
 // The resolved config as YAML (WeNet key names, every field set) for exp/<name>/train.yaml.

@@ -422,6 +422,7 @@ struct Trainer::Impl {
   IntervalStats interval;
   Clock::time_point interval_start = Clock::now();
   Clock::time_point epoch_start = Clock::now();
+  Clock::time_point run_start = Clock::now();  // --max_minutes counts from run()
   int64_t epoch_start_step = 0;
   double planned_epoch_frames = 0;  // this rank's share of the manifest's frames (ETA)
   double seconds_per_step = 0;      // smoothed
@@ -465,7 +466,16 @@ struct Trainer::Impl {
     return std::min(1.0, static_cast<double>(train_loader->stats().frames) / planned_epoch_frames);
   }
 
+  // Seconds until the end of training: by steps or epochs left, capped by --max_minutes.
   double eta_seconds() const {
+    const double time_left =
+        options.max_minutes > 0 ? std::max(0.0, 60.0 * options.max_minutes - seconds_since(run_start)) : -1;
+    const double by_work = work_eta_seconds();
+    if (time_left < 0) return by_work;
+    return by_work < 0 ? time_left : std::min(by_work, time_left);
+  }
+
+  double work_eta_seconds() const {
     if (seconds_per_step <= 0) return -1;
     if (options.max_steps > 0) return static_cast<double>(options.max_steps - state.step) * seconds_per_step;
     const double fraction = epoch_fraction();
@@ -474,6 +484,10 @@ struct Trainer::Impl {
     const double steps_per_epoch = static_cast<double>(steps_in_epoch) / fraction;
     const double epochs_left = static_cast<double>(settings.max_epoch - state.epoch) - fraction;
     return std::max(0.0, epochs_left) * steps_per_epoch * seconds_per_step;
+  }
+
+  bool time_limit_reached() const {
+    return options.max_minutes > 0 && seconds_since(run_start) >= 60.0 * options.max_minutes;
   }
 
   void plan_epoch_frames() {
@@ -761,14 +775,20 @@ StatusOr<StepResult> Trainer::train_step() {
   std::vector<std::string> bad_keys, step_keys;
   const int64_t accum = m.settings.accum_grad;
   for (int64_t micro = 0; micro < accum; ++micro) {
-    // Lock-step: does everybody have a batch? (and, before the first, did a preemption signal arrive?)
+    // Lock-step: does everybody have a batch? (and, before the first, did a preemption signal arrive
+    // or did some rank's clock pass --max_minutes?)
     Clock::time_point t0 = Clock::now();
     const bool have = m.train_loader->has_next();
     m.interval.data += seconds_since(t0);
-    int64_t flags[2] = {have ? 0 : 1, (micro == 0 && preemption_requested()) ? 1 : 0};
-    RETURN_IF_ERROR(world->all_reduce(flags, 2, DType::i64, ReduceOp::kSum));
+    int64_t flags[3] = {have ? 0 : 1, (micro == 0 && preemption_requested()) ? 1 : 0,
+                        (micro == 0 && m.time_limit_reached()) ? 1 : 0};
+    RETURN_IF_ERROR(world->all_reduce(flags, 3, DType::i64, ReduceOp::kSum));
     if (flags[1] > 0) {
       result.outcome = StepOutcome::kPreempted;
+      return result;
+    }
+    if (flags[2] > 0) {
+      result.outcome = StepOutcome::kTimeLimit;
       return result;
     }
     if (flags[0] > 0) {
@@ -1027,6 +1047,7 @@ Status Trainer::write_weights(const std::string& path) {
 
 StatusOr<TrainResult> Trainer::run() {
   Impl& m = *impl_;
+  m.run_start = Clock::now();
   const TrainSettings& st = m.settings;
   TrainResult result;
   auto finish = [&](TrainOutcome outcome) {
@@ -1067,6 +1088,13 @@ StatusOr<TrainResult> Trainer::run() {
           (void)dir;
         }
         return finish(TrainOutcome::kPreempted);
+      }
+      if (r.outcome == StepOutcome::kTimeLimit) {
+        m.progress_clear();
+        LOG(INFO) << "--max_minutes " << m.options.max_minutes << " reached at step " << m.state.step
+                  << ": finishing (cv, checkpoint, final weights)";
+        stop = true;
+        break;
       }
       if (r.outcome == StepOutcome::kEndOfEpoch) break;
       epoch_over = r.epoch_ended;

@@ -116,6 +116,7 @@ struct TrainerOptions {
   bool resume = false;            // --resume auto
   int num_threads = 1;            // OpenMP threads per rank
   int64_t max_steps = 0;          // stop after this many updates (0: max_epoch decides)
+  double max_minutes = 0;         // stop after this many minutes of run(): cv, checkpoint, final.h5
   std::string symbol_table;       // overrides tokenizer_conf.symbol_table_path when set
   std::string cmvn;               // overrides cmvn_conf.cmvn_file when set
   ScalarSink* scalars = nullptr;  // rank 0's TensorBoard (nullptr: none)
@@ -124,7 +125,8 @@ struct TrainerOptions {
   std::function<void(int64_t micro_index, Batch* batch)> batch_hook;
 };
 
-enum class StepOutcome { kUpdated, kSkipped, kEndOfEpoch, kPreempted };
+// kTimeLimit: some rank's clock passed max_minutes (agreed by all ranks at the step boundary).
+enum class StepOutcome { kUpdated, kSkipped, kEndOfEpoch, kPreempted, kTimeLimit };
 
 struct StepResult {
   StepOutcome outcome = StepOutcome::kEndOfEpoch;

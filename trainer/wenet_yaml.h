@@ -13,6 +13,7 @@ namespace moeasr {
 
 StatusOr<ModelConfig> model_config_from_wenet_yaml(const std::string& yaml_path);
 // Same, from YAML text; `source` names it in messages.
-StatusOr<ModelConfig> model_config_from_wenet_yaml_text(const std::string& yaml_text, const std::string& source);
+StatusOr<ModelConfig> model_config_from_wenet_yaml_text(const std::string& yaml_text,
+                                                        const std::string& source);
 
 }  // namespace moeasr

@@ -32,8 +32,8 @@ TEST(ConvertWenet, ConvertedCheckpointGivesTheSameLoss) {
   std::vector<float> feats(feats64.begin(), feats64.end());
   std::vector<int32_t> feat_lengths = h5.read_ints("/feats_lengths"), text = h5.read_ints("/text"),
                        text_lengths = h5.read_ints("/text_lengths");
-  U2ppBatch<float> batch{feats.data(), feat_lengths.data(), text.data(), text_lengths.data(), shape[0], shape[1],
-                         h5.shape("/text")[1]};
+  U2ppBatch<float> batch{feats.data(), feat_lengths.data(), text.data(), text_lengths.data(), shape[0],
+                         shape[1],     h5.shape("/text")[1]};
   LocalExpertDispatcher<float> dispatcher;
   U2ppModel<float> model(config.value(), &store, &dispatcher, ExpertLayout{});
   Arena arena("activations", 1 << 20, Arena::Growth::kGrowable);
@@ -41,12 +41,16 @@ TEST(ConvertWenet, ConvertedCheckpointGivesTheSameLoss) {
   ctx.activations = &arena;
   U2ppForwardOptions options;
   options.training = false;
-  options.chunk_size = config.value().encoder.static_chunk_size > 0 ? config.value().encoder.static_chunk_size : -1;
+  options.chunk_size =
+      config.value().encoder.static_chunk_size > 0 ? config.value().encoder.static_chunk_size : -1;
   U2ppLoss loss = model.forward(batch, options, StepRng{}, ctx);
-  for (auto [name, ours] : {std::pair<const char*, double>{"total", loss.total}, {"ctc", loss.ctc},
-                            {"att_l2r", loss.att_l2r}, {"att_r2l", loss.att_r2l}}) {
+  for (auto [name, ours] : {std::pair<const char*, double>{"total", loss.total},
+                            {"ctc", loss.ctc},
+                            {"att_l2r", loss.att_l2r},
+                            {"att_r2l", loss.att_r2l}}) {
     double want = h5.read_scalar(std::string("/loss/") + name);
-    EXPECT_LT(std::fabs(ours - want) / std::fabs(want), 1e-5) << name << ": " << ours << " vs PyTorch " << want;
+    EXPECT_LT(std::fabs(ours - want) / std::fabs(want), 1e-5)
+        << name << ": " << ours << " vs PyTorch " << want;
   }
 }
 

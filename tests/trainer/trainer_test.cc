@@ -16,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -23,6 +24,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/philox.h"
@@ -450,6 +452,28 @@ TEST(Trainer, PreemptionCheckpointsAndTheResumedRunMatchesAnUninterruptedOne) {
   EXPECT_EQ(from.value()->trainer->state().step, 0);
   EXPECT_EQ(from.value()->trainer->store().values[0], straight.value()->trainer->store().values[0]);
   EXPECT_EQ(from.value()->trainer->store().values[1], straight.value()->trainer->store().values[1]);
+}
+
+TEST(Trainer, MaxMinutesFinishesWithCvCheckpointAndFinalWeights) {
+  auto config = config_with({"log_interval 1"});
+  ASSERT_TRUE(config.ok());
+  const std::string dir = model_dir("time_limited");
+  Scalars scalars;
+  TrainerOptions o = options_for(config.value(), dir);
+  o.scalars = &scalars;
+  o.max_minutes = 0.01;  // 0.6 s; each micro-batch below takes at least 0.2 s
+  o.batch_hook = [](int64_t, Batch*) { std::this_thread::sleep_for(std::chrono::milliseconds(200)); };
+  auto run = make_run(o);
+  ASSERT_TRUE(run.ok()) << run.status().to_string();
+  auto r = run.value()->trainer->run();
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r.value().outcome, TrainOutcome::kFinished);
+  EXPECT_GE(r.value().steps, 1);
+  EXPECT_LE(r.value().steps, 4);  // 36 without the limit
+  EXPECT_EQ(checkpoint_step_from_path(r.value().last_checkpoint), r.value().steps);
+  EXPECT_TRUE(fs::exists(dir + "/final.h5"));
+  ASSERT_FALSE(scalars.values["cv/loss"].empty());  // the last checkpoint is cv-scored
+  EXPECT_EQ(scalars.values["cv/loss"].back().first, r.value().steps);
 }
 
 TEST(Trainer, ResumingFromAnEpochEndCheckpointStartsTheNextEpoch) {
