@@ -51,10 +51,10 @@ else
   train_minutes=${TRAIN_MINUTES:-38}
   max_steps=0
   test_utts=0
-  # ~38 min on 2 cores is ~500 updates of ~12 utterances: small batches and a short warmup (WeNet's
-  # recipes plan for 100k+ updates); SpecAugment and SpecSub off (two epochs do not overfit, and
-  # they slow the first hundreds of updates). A peak lr of 2e-3 stalled at the unigram level
-  # (cv acc 0.28 from step 100 to 340); 1e-3 is used.
+  # 38 min on 2 cores is ~545 updates of ~12 utterances (measured): small batches and a short warmup
+  # (WeNet's recipes plan for 100k+ updates); SpecAugment and SpecSub off (two epochs do not overfit).
+  # Measured: that is not enough to leave the plateau where the decoder knows character statistics
+  # only (cv acc 0.31 at step 545 with peak lr 1e-3; a peak of 2e-3 stalled the same way): see README.
   batch_frames=2500
   warmup=100
   beam=10
