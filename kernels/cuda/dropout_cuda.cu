@@ -8,6 +8,7 @@
 
 #include "core/check.h"
 #include "core/philox_rounds.h"
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dropout_cuda.h"
 
@@ -42,33 +43,6 @@ __device__ __forceinline__ uint32_t word_of(const uint4& w, int j) {
 __device__ __forceinline__ bool keeps(uint32_t word, double p) {
   const float u = static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
   return static_cast<double>(u) >= p;
-}
-
-__device__ __forceinline__ uint16_t float_to_bf16_bits_device(float value) {
-  uint32_t bits = __float_as_uint(value);
-  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0) {
-    return static_cast<uint16_t>((bits >> 16) | 0x0040u);
-  }
-  uint32_t rounding_bias = 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>((bits + rounding_bias) >> 16);
-}
-
-__device__ __forceinline__ float load_f32(float v) {
-  return v;
-}
-__device__ __forceinline__ float load_f32(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <class T>
-__device__ __forceinline__ T store_as(float v);
-template <>
-__device__ __forceinline__ float store_as<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16>(float v) {
-  return __ushort_as_bfloat16(float_to_bf16_bits_device(v));
 }
 
 // out[i] = kept ? in[i] * scale : 0 for the 4 elements of each Philox block.

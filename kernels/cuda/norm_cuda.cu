@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "core/check.h"
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/norm_cuda.h"
 
@@ -26,33 +27,6 @@ constexpr int kColRows = 8;             // row lanes per column-partial block (b
 constexpr int kThreads = 256;           // elementwise kernels
 constexpr int64_t kMaxBlocks = 65535;
 constexpr int64_t kMaxGridY = 65535;
-
-__device__ __forceinline__ uint16_t float_to_bf16_bits_device(float value) {
-  uint32_t bits = __float_as_uint(value);
-  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0) {
-    return static_cast<uint16_t>((bits >> 16) | 0x0040u);
-  }
-  uint32_t rounding_bias = 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>((bits + rounding_bias) >> 16);
-}
-
-__device__ __forceinline__ float load_f32(float v) {
-  return v;
-}
-__device__ __forceinline__ float load_f32(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <class T>
-__device__ __forceinline__ T store_as(float v);
-template <>
-__device__ __forceinline__ float store_as<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16>(float v) {
-  return __ushort_as_bfloat16(float_to_bf16_bits_device(v));
-}
 
 __device__ __forceinline__ double warp_sum(double v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

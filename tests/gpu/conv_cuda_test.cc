@@ -31,22 +31,6 @@ namespace {
 using testing::DeviceBuffer;
 
 template <class T>
-std::vector<T> to_device_type(const std::vector<float>& v) {
-  if constexpr (std::is_same<T, float>::value) {
-    return v;
-  } else {
-    return testing::to_bf16(v);
-  }
-}
-template <class T>
-std::vector<float> to_host_float(const std::vector<T>& v) {
-  if constexpr (std::is_same<T, float>::value) {
-    return v;
-  } else {
-    return testing::from_bf16(v);
-  }
-}
-template <class T>
 std::vector<double> held_values(const std::vector<float>& v) {
   std::vector<float> r = std::is_same<T, float>::value ? v : testing::round_to_bf16(v);
   return std::vector<double>(r.begin(), r.end());
@@ -81,8 +65,9 @@ void run_conv2d_case(int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_
   const auto dw0 = testing::random_floats(nw, seed + 4);
   const auto db0 = testing::random_floats(cout, seed + 5);
 
-  DeviceBuffer<T> x_dev(to_device_type<T>(x)), w_dev(to_device_type<T>(wt)), b_dev(to_device_type<T>(b));
-  DeviceBuffer<T> dy_dev(to_device_type<T>(dy)), y_dev(ny), dx_dev(nx);
+  DeviceBuffer<T> x_dev(testing::to_storage<T>(x)), w_dev(testing::to_storage<T>(wt)),
+      b_dev(testing::to_storage<T>(b));
+  DeviceBuffer<T> dy_dev(testing::to_storage<T>(dy)), y_dev(ny), dx_dev(nx);
   DeviceBuffer<float> dw_dev(dw0), db_dev(db0);
   const size_t ws_bytes = conv2d_3x3s2_cuda_workspace_bytes<T>(batch, cin, cout, h, w, ctx);
   DeviceBuffer<unsigned char> ws(static_cast<int64_t>(ws_bytes));
@@ -102,8 +87,8 @@ void run_conv2d_case(int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_
   conv2d_3x3s2_backward_cuda<T>(dx_dev.get(), dw_dev.get(), db_dev.get(), ws.get(), ws_bytes, dy_dev.get(),
                                 x_dev.get(), w_dev.get(), batch, cin, cout, h, w, ctx);
 
-  expect_close<T>(to_host_float<T>(y_dev.download()), y_ref, "y");
-  expect_close<T>(to_host_float<T>(dx_dev.download()), dx_ref, "dx");
+  expect_close<T>(testing::to_f32(y_dev.download()), y_ref, "y");
+  expect_close<T>(testing::to_f32(dx_dev.download()), dx_ref, "dx");
   expect_grad_close(dw_dev.download(), dw_ref, "dweight (+=)");
   expect_grad_close(db_dev.download(), db_ref, "dbias (+=)");
 }
@@ -176,8 +161,9 @@ void run_depthwise_case(int64_t batch, int64_t time, int64_t channels, int64_t k
   const auto dy = testing::random_floats(n, seed + 3);
   const auto dw0 = testing::random_floats(channels * k, seed + 4);
   const auto db0 = testing::random_floats(channels, seed + 5);
-  DeviceBuffer<T> x_dev(to_device_type<T>(x)), w_dev(to_device_type<T>(wt)), b_dev(to_device_type<T>(b));
-  DeviceBuffer<T> dy_dev(to_device_type<T>(dy)), y_dev(n), dx_dev(n);
+  DeviceBuffer<T> x_dev(testing::to_storage<T>(x)), w_dev(testing::to_storage<T>(wt)),
+      b_dev(testing::to_storage<T>(b));
+  DeviceBuffer<T> dy_dev(testing::to_storage<T>(dy)), y_dev(n), dx_dev(n);
   DeviceBuffer<float> dw_dev(dw0), db_dev(db0);
 
   const RunContext cpu = testing::cpu_test_context(/*use_reference_kernels=*/true);
@@ -198,8 +184,8 @@ void run_depthwise_case(int64_t batch, int64_t time, int64_t channels, int64_t k
                                     dy_dev.get(), x_dev.get(), w_dev.get(), padding, batch, time, channels, k,
                                     ctx);
 
-  expect_close<T>(to_host_float<T>(y_dev.download()), y_ref, "y");
-  expect_close<T>(to_host_float<T>(dx_dev.download()), dx_ref, "dx");
+  expect_close<T>(testing::to_f32(y_dev.download()), y_ref, "y");
+  expect_close<T>(testing::to_f32(dx_dev.download()), dx_ref, "dx");
   expect_grad_close(dw_dev.download(), dw_ref, "dweight (+=)");
   expect_grad_close(db_dev.download(), db_ref, "dbias (+=)");
 }

@@ -34,36 +34,10 @@ using testing::DeviceBuffer;
 
 constexpr double kBf16ElementTolerance = 3e-2;
 
-// ---- dtype plumbing shared by the cases -------------------------------------------------------------
-
-template <class T>
-std::vector<T> to_storage(const std::vector<float>& x);
-template <>
-std::vector<float> to_storage<float>(const std::vector<float>& x) {
-  return x;
-}
-template <>
-std::vector<bf16> to_storage<bf16>(const std::vector<float>& x) {
-  return testing::to_bf16(x);
-}
-
-inline std::vector<float> to_f32(const std::vector<float>& x) {
-  return x;
-}
-inline std::vector<float> to_f32(const std::vector<bf16>& x) {
-  return testing::from_bf16(x);
-}
-
-// The values a T tensor holds: the CPU reference is computed from these.
-template <class T>
-std::vector<float> representable(const std::vector<float>& x) {
-  return to_f32(to_storage<T>(x));
-}
-
-template <class T>
-const char* dtype_label() {
-  return std::is_same<T, float>::value ? "f32" : "bf16";
-}
+using testing::dtype_label;
+using testing::representable;
+using testing::to_f32;
+using testing::to_storage;
 
 template <class T>
 void expect_matches(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {

@@ -31,22 +31,6 @@ using testing::DeviceBuffer;
 
 constexpr double kFp32FromBf16Tolerance = 2e-4;
 
-template <class T>
-std::vector<T> to_device_type(const std::vector<float>& v) {
-  if constexpr (std::is_same<T, float>::value) {
-    return v;
-  } else {
-    return testing::to_bf16(v);
-  }
-}
-template <class T>
-std::vector<float> to_host_float(const std::vector<T>& v) {
-  if constexpr (std::is_same<T, float>::value) {
-    return v;
-  } else {
-    return testing::from_bf16(v);
-  }
-}
 // The values a T tensor holds after uploading v.
 template <class T>
 std::vector<double> held_values(const std::vector<float>& v) {
@@ -116,11 +100,11 @@ void run_gemm_case(const GemmCase& cs, uint64_t seed, CudaContext& cuda, const R
   const std::vector<float> a = testing::random_floats(size_a, seed);
   const std::vector<float> b = testing::random_floats(size_b, seed + 1);
   const std::vector<float> c0 = testing::random_floats(size_c, seed + 2);
-  DeviceBuffer<TAB> a_dev(to_device_type<TAB>(a)), b_dev(to_device_type<TAB>(b));
+  DeviceBuffer<TAB> a_dev(testing::to_storage<TAB>(a)), b_dev(testing::to_storage<TAB>(b));
   DeviceBuffer<TC> c_dev(size_c);  // poisoned
   std::vector<TC> c_before(static_cast<size_t>(size_c), poison_value<TC>());
   if (cs.beta != 0.0f) {
-    c_before = to_device_type<TC>(c0);
+    c_before = testing::to_storage<TC>(c0);
     c_dev.upload(c_before);
   }
 
@@ -164,7 +148,7 @@ void run_gemm_case(const GemmCase& cs, uint64_t seed, CudaContext& cuda, const R
       for (int64_t j = 0; j < cs.n; ++j) {
         const int64_t idx = cs.offset + g * stride_c + i * ldc + j;
         inside[idx] = true;
-        got_region.push_back(to_host_float<TC>({got[idx]})[0]);
+        got_region.push_back(testing::to_f32(std::vector<TC>{got[idx]})[0]);
         want_region.push_back(c_ref[idx]);
       }
   if constexpr (std::is_same<TAB, TC>::value) {
@@ -296,8 +280,8 @@ void run_batched_matmul() {
       const auto a = testing::random_floats(g * m * k, seed += 3);
       const auto b = testing::random_floats(g * k * n, seed += 3);
       const auto dout = testing::random_floats(g * m * n, seed += 3);
-      DeviceBuffer<T> a_dev(to_device_type<T>(a)), b_dev(to_device_type<T>(b)),
-          dout_dev(to_device_type<T>(dout));
+      DeviceBuffer<T> a_dev(testing::to_storage<T>(a)), b_dev(testing::to_storage<T>(b)),
+          dout_dev(testing::to_storage<T>(dout));
       DeviceBuffer<T> out_dev(g * m * n), da_dev(g * m * k), db_dev(g * k * n), db_only(g * k * n);
       const auto a_ref = held_values<T>(a), b_ref = held_values<T>(b), dout_ref = held_values<T>(dout);
       std::vector<double> out_ref(g * m * n), da_ref(g * m * k), db_ref(g * k * n);
@@ -312,10 +296,10 @@ void run_batched_matmul() {
                                       b_dev.get(), tb, g, m, n, k, f.ctx);
       batched_matmul_backward_cuda<T>(nullptr, db_only.get(), ws, wsb, dout_dev.get(), a_dev.get(),
                                       b_dev.get(), tb, g, m, n, k, f.ctx);
-      expect_close<T>(to_host_float<T>(out_dev.download()), out_ref, "out");
-      expect_close<T>(to_host_float<T>(da_dev.download()), da_ref, "da");
-      expect_close<T>(to_host_float<T>(db_dev.download()), db_ref, "db");
-      expect_close<T>(to_host_float<T>(db_only.download()), db_ref, "db (da null)");
+      expect_close<T>(testing::to_f32(out_dev.download()), out_ref, "out");
+      expect_close<T>(testing::to_f32(da_dev.download()), da_ref, "da");
+      expect_close<T>(testing::to_f32(db_dev.download()), db_ref, "db");
+      expect_close<T>(testing::to_f32(db_only.download()), db_ref, "db (da null)");
     }
 }
 

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/dtype.h"
@@ -95,6 +96,35 @@ inline std::vector<float> from_bf16(const std::vector<__nv_bfloat16>& x) {
 // are computed from these so that the comparison measures the kernel, not the input rounding.
 inline std::vector<float> round_to_bf16(const std::vector<float>& x) {
   return from_bf16(to_bf16(x));
+}
+
+// A T tensor's upload from fp32 values (float: as is; bf16: rounded) and its download back to fp32.
+template <class T>
+std::vector<T> to_storage(const std::vector<float>& x);
+template <>
+inline std::vector<float> to_storage<float>(const std::vector<float>& x) {
+  return x;
+}
+template <>
+inline std::vector<__nv_bfloat16> to_storage<__nv_bfloat16>(const std::vector<float>& x) {
+  return to_bf16(x);
+}
+inline std::vector<float> to_f32(const std::vector<float>& x) {
+  return x;
+}
+inline std::vector<float> to_f32(const std::vector<__nv_bfloat16>& x) {
+  return from_bf16(x);
+}
+
+// The values a T tensor holds after uploading x (the CPU reference is computed from these).
+template <class T>
+std::vector<float> representable(const std::vector<float>& x) {
+  return to_f32(to_storage<T>(x));
+}
+
+template <class T>
+const char* dtype_label() {
+  return std::is_same<T, float>::value ? "f32" : "bf16";
 }
 
 // max over i of |got - want| / (1 + |want|); +inf on a size mismatch or a non-finite `got` where

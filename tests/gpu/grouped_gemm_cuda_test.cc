@@ -51,24 +51,6 @@ std::string case_name(const GemmCase& c) {
   return s + "} K=" + std::to_string(c.k) + " Nout=" + std::to_string(c.nout) + (c.bias ? " bias" : "");
 }
 
-template <class T>
-std::vector<T> to_device_type(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    return testing::to_bf16(v);
-  }
-}
-
-template <class T>
-std::vector<float> to_host_float(const std::vector<T>& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    return testing::from_bf16(v);
-  }
-}
-
 std::vector<double> to_double(const std::vector<float>& v) {
   return std::vector<double>(v.begin(), v.end());
 }
@@ -88,7 +70,7 @@ std::vector<double> minus(const std::vector<double>& a, const std::vector<float>
 // True when every element of rows [first_row, end) of a poisoned buffer is still NaN.
 template <class T>
 bool rows_untouched(const std::vector<T>& buf, int64_t first_row, int64_t width) {
-  std::vector<float> f = to_host_float(buf);
+  std::vector<float> f = testing::to_f32(buf);
   for (size_t i = static_cast<size_t>(first_row * width); i < f.size(); ++i)
     if (!std::isnan(f[i])) return false;
   return true;
@@ -130,8 +112,9 @@ void run_case(const GemmCase& c, uint64_t seed) {
   x_cap.resize(m_max * k, 0.5f);
   dy_cap.resize(m_max * nout, 0.5f);
   DeviceBuffer<int64_t> d_offsets(offsets);
-  DeviceBuffer<T> d_x(to_device_type<T>(x_cap)), d_w(to_device_type<T>(w)), d_b(to_device_type<T>(b));
-  DeviceBuffer<T> d_dy(to_device_type<T>(dy_cap));
+  DeviceBuffer<T> d_x(testing::to_storage<T>(x_cap)), d_w(testing::to_storage<T>(w)),
+      d_b(testing::to_storage<T>(b));
+  DeviceBuffer<T> d_dy(testing::to_storage<T>(dy_cap));
   DeviceBuffer<T> d_y(m_max * nout), d_dx(m_max * k);
   DeviceBuffer<float> d_dw(dw0), d_db(db0);
 
@@ -146,7 +129,7 @@ void run_case(const GemmCase& c, uint64_t seed) {
   std::vector<T> y_raw = d_y.download(), dx_raw = d_dx.download();
   EXPECT_TRUE(rows_untouched(y_raw, m, nout)) << "Y rows past M were written";
   EXPECT_TRUE(rows_untouched(dx_raw, m, k)) << "dX rows past M were written";
-  std::vector<float> got_y = to_host_float(y_raw), got_dx = to_host_float(dx_raw);
+  std::vector<float> got_y = testing::to_f32(y_raw), got_dx = testing::to_f32(dx_raw);
   got_y.resize(m * nout);
   got_dx.resize(m * k);
   std::vector<float> got_dw = d_dw.download(), got_db = d_db.download();

@@ -28,22 +28,6 @@ using testing::DeviceBuffer;
 constexpr double kFp32FromBf16Tolerance = 2e-4;
 
 template <class T>
-std::vector<T> to_device_type(const std::vector<float>& v) {
-  if constexpr (std::is_same<T, float>::value) {
-    return v;
-  } else {
-    return testing::to_bf16(v);
-  }
-}
-template <class T>
-std::vector<float> to_host_float(const std::vector<T>& v) {
-  if constexpr (std::is_same<T, float>::value) {
-    return v;
-  } else {
-    return testing::from_bf16(v);
-  }
-}
-template <class T>
 std::vector<double> held_values(const std::vector<float>& v) {
   std::vector<float> r = std::is_same<T, float>::value ? v : testing::round_to_bf16(v);
   return std::vector<double>(r.begin(), r.end());
@@ -82,8 +66,9 @@ void run_linear_case(int64_t n, int64_t in, int64_t out, BiasMode bias_mode, boo
   const auto dw0 = testing::random_floats(out * in, seed + 4);
   const auto db0 = testing::random_floats(out, seed + 5);
 
-  DeviceBuffer<T> x_dev(to_device_type<T>(x)), w_dev(to_device_type<T>(w)), b_dev(to_device_type<T>(b));
-  DeviceBuffer<T> dy_dev(to_device_type<T>(dy));
+  DeviceBuffer<T> x_dev(testing::to_storage<T>(x)), w_dev(testing::to_storage<T>(w)),
+      b_dev(testing::to_storage<T>(b));
+  DeviceBuffer<T> dy_dev(testing::to_storage<T>(dy));
   DeviceBuffer<T> y_dev(n * out), dx_dev(n * in);  // poisoned
   DeviceBuffer<float> dw_dev(dw0), db_dev(db0);
   const T* bias_ptr = bias_mode == BiasMode::kNone      ? nullptr
@@ -110,8 +95,8 @@ void run_linear_case(int64_t n, int64_t in, int64_t out, BiasMode bias_mode, boo
   linear_backward_cuda<T>(dx_dev.get(), dw_dev.get(), all_grads ? db_dev.get() : nullptr, ws, wsb,
                           dy_dev.get(), x_dev.get(), w_dev.get(), n, in, out, ctx);
 
-  expect_close<T>(to_host_float<T>(y_dev.download()), y_ref, "y");
-  expect_close<T>(to_host_float<T>(dx_dev.download()), dx_ref, "dx");
+  expect_close<T>(testing::to_f32(y_dev.download()), y_ref, "y");
+  expect_close<T>(testing::to_f32(dx_dev.download()), dx_ref, "dx");
   expect_grad_close<T>(dw_dev.download(), dw_ref, "dweight (+=)");
   expect_grad_close<T>(db_dev.download(), db_ref, "dbias (+=)");
 }

@@ -35,33 +35,10 @@ constexpr double kBf16ElementTolerance = 3e-2;
 constexpr float kEps = 1e-5f;
 constexpr float kMomentum = 0.1f;
 
-template <class T>
-std::vector<T> to_storage(const std::vector<float>& x);
-template <>
-std::vector<float> to_storage<float>(const std::vector<float>& x) {
-  return x;
-}
-template <>
-std::vector<bf16> to_storage<bf16>(const std::vector<float>& x) {
-  return testing::to_bf16(x);
-}
-
-inline std::vector<float> to_f32(const std::vector<float>& x) {
-  return x;
-}
-inline std::vector<float> to_f32(const std::vector<bf16>& x) {
-  return testing::from_bf16(x);
-}
-
-template <class T>
-std::vector<float> representable(const std::vector<float>& x) {
-  return to_f32(to_storage<T>(x));
-}
-
-template <class T>
-const char* dtype_label() {
-  return std::is_same<T, float>::value ? "f32" : "bf16";
-}
+using testing::dtype_label;
+using testing::representable;
+using testing::to_f32;
+using testing::to_storage;
 
 // An activation tensor of dtype T.
 template <class T>
