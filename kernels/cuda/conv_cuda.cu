@@ -7,29 +7,13 @@
 #include <climits>
 #include <type_traits>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/conv_cuda.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_context.h"
 
 namespace moeasr {
 namespace {
-
-__device__ __forceinline__ float to_float(float v) {
-  return v;
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);  // round to nearest even, as core/dtype.h
-}
 
 constexpr int kThreads = 256;
 
@@ -44,7 +28,7 @@ template <class TIn, class TOut>
 __global__ void convert_kernel(TOut* out, const TIn* in, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = from_float<TOut>(to_float(in[i]));
+    out[i] = store_as<TOut>(load_f32(in[i]));
 }
 
 template <class TIn, class TOut>
@@ -63,8 +47,8 @@ __global__ void conv2d_finish_kernel(T* y, const float* conv, const T* bias, int
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     float v = conv != nullptr ? conv[i] : 0.0f;
-    if (bias != nullptr) v += to_float(bias[(i / positions) % channels]);
-    y[i] = from_float<T>(v);
+    if (bias != nullptr) v += load_f32(bias[(i / positions) % channels]);
+    y[i] = store_as<T>(v);
   }
 }
 
@@ -80,7 +64,7 @@ __global__ void channel_sum_accumulate_kernel(float* dbias, const T* dy, int64_t
   for (int64_t e = threadIdx.x; e < count; e += kThreads) {
     const int64_t b = e / positions;
     const int64_t p = e % positions;
-    acc += to_float(dy[(b * channels + co) * positions + p]);
+    acc += load_f32(dy[(b * channels + co) * positions + p]);
   }
   partial[threadIdx.x] = acc;
   __syncthreads();
@@ -288,13 +272,13 @@ __global__ void depthwise_forward_kernel(T* y, const T* x, const T* weight, cons
     const int64_t c = i % channels;
     const int64_t row = i / channels;  // b * T + t
     const int64_t t = row % time;
-    float acc = bias != nullptr ? to_float(bias[c]) : 0.0f;
+    float acc = bias != nullptr ? load_f32(bias[c]) : 0.0f;
     for (int64_t k = 0; k < kernel_size; ++k) {
       const int64_t s = t + k - left;
       if (s >= 0 && s < time)
-        acc += to_float(weight[c * kernel_size + k]) * to_float(x[(row + k - left) * channels + c]);
+        acc += load_f32(weight[c * kernel_size + k]) * load_f32(x[(row + k - left) * channels + c]);
     }
-    y[i] = from_float<T>(acc);
+    y[i] = store_as<T>(acc);
   }
 }
 
@@ -313,9 +297,9 @@ __global__ void depthwise_backward_data_kernel(T* dx, const T* dy, const T* weig
     for (int64_t k = 0; k < kernel_size; ++k) {
       const int64_t t = s - k + left;
       if (t >= 0 && t < time)
-        acc += to_float(weight[c * kernel_size + k]) * to_float(dy[(row - k + left) * channels + c]);
+        acc += load_f32(weight[c * kernel_size + k]) * load_f32(dy[(row - k + left) * channels + c]);
     }
-    dx[i] = from_float<T>(acc);
+    dx[i] = store_as<T>(acc);
   }
 }
 
@@ -333,12 +317,12 @@ __global__ void depthwise_param_grad_kernel(float* dweight, float* dbias, const 
   float acc = 0.0f;
   if (c < channels) {
     for (int64_t row = threadIdx.y; row < rows; row += kRowLanes) {
-      const float g = to_float(dy[row * channels + c]);
+      const float g = load_f32(dy[row * channels + c]);
       if (tap == kernel_size) {
         acc += g;
       } else {
         const int64_t s = row % time + tap - left;
-        if (s >= 0 && s < time) acc += g * to_float(x[(row + tap - left) * channels + c]);
+        if (s >= 0 && s < time) acc += g * load_f32(x[(row + tap - left) * channels + c]);
       }
     }
   }

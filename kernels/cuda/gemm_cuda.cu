@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/gemm_cuda.h"
@@ -30,23 +31,6 @@ cudaDataType_t cuda_data_type<__nv_bfloat16>() {
   return CUDA_R_16BF;
 }
 
-__device__ __forceinline__ float to_float(float v) {
-  return v;
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);  // round to nearest even, as core/dtype.h
-}
-
 // c[i, j] = (beta == 0 ? 0 : beta * c[i, j]) + (bias ? bias[j] : 0) for every batch item.
 template <class TC>
 __global__ void scale_add_bias_kernel(TC* c, const TC* bias, float beta, int64_t m, int64_t n, int64_t ldc,
@@ -58,9 +42,9 @@ __global__ void scale_add_bias_kernel(TC* c, const TC* bias, float beta, int64_t
     const int64_t i = (idx / n) % m;
     const int64_t g = idx / (n * m);
     TC* p = c + g * stride_c + i * ldc + j;
-    float v = beta == 0.0f ? 0.0f : beta * to_float(*p);
-    if (bias != nullptr) v += to_float(bias[j]);
-    *p = from_float<TC>(v);
+    float v = beta == 0.0f ? 0.0f : beta * load_f32(*p);
+    if (bias != nullptr) v += load_f32(bias[j]);
+    *p = store_as<TC>(v);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/grouped_gemm_cuda.h"
 
@@ -19,23 +20,6 @@ namespace moeasr {
 namespace {
 
 enum class Mode { kForward, kDgrad, kWgrad };
-
-__device__ __forceinline__ float to_float(float v) {
-  return v;
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 template <class T>
 struct GemmArgs {
@@ -86,7 +70,7 @@ struct TileLoader {
       } else {
 #pragma unroll
         for (int v = 0; v < V; ++v) {
-          regs[q].v[v] = (gs < s_lim && gc + v < c_lim) ? g[gs * ld + gc + v] : from_float<T>(0.0f);
+          regs[q].v[v] = (gs < s_lim && gc + v < c_lim) ? g[gs * ld + gc + v] : store_as<T>(0.0f);
         }
       }
     }
@@ -187,9 +171,9 @@ __device__ __forceinline__ void store_out(const GemmArgs<T>& g, int64_t e, int64
     *c += v;
   } else {
     if constexpr (MODE == Mode::kForward) {
-      if (g.bias != nullptr) v += to_float(g.bias[e * g.n_size + col]);
+      if (g.bias != nullptr) v += load_f32(g.bias[e * g.n_size + col]);
     }
-    static_cast<T*>(g.c)[row * g.ldc + col] = from_float<T>(v);
+    static_cast<T*>(g.c)[row * g.ldc + col] = store_as<T>(v);
   }
 }
 
@@ -310,12 +294,12 @@ __global__ void __launch_bounds__(kSimtThreads) simt_gemm_kernel(GemmArgs<T> g) 
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int m = ty + 16 * i;
-        av[i] = to_float(kAKMajor ? s_a[m * (TK + PAD) + kk] : s_a[kk * (TM + PAD) + m]);
+        av[i] = load_f32(kAKMajor ? s_a[m * (TK + PAD) + kk] : s_a[kk * (TM + PAD) + m]);
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int n = tx + 16 * j;
-        bv[j] = to_float(kBKMajor ? s_b[n * (TK + PAD) + kk] : s_b[kk * (TN + PAD) + n]);
+        bv[j] = load_f32(kBKMajor ? s_b[n * (TK + PAD) + kk] : s_b[kk * (TN + PAD) + n]);
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i)
@@ -345,7 +329,7 @@ __global__ void bias_grad_kernel(float* dbias, const T* dy, const int64_t* offse
   const int64_t begin = offsets[e], end = offsets[e + 1];
   float acc = 0.0f;
   if (col < n_out) {
-    for (int64_t row = begin + threadIdx.y; row < end; row += 32) acc += to_float(dy[row * n_out + col]);
+    for (int64_t row = begin + threadIdx.y; row < end; row += 32) acc += load_f32(dy[row * n_out + col]);
   }
   s_part[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();

@@ -4,19 +4,13 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm_cuda.h"
 #include "kernels/cuda/linear_cuda.h"
 
 namespace moeasr {
 namespace {
-
-__device__ __forceinline__ float to_float(float v) {
-  return v;
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
 
 constexpr int kColumnTile = 32;  // columns per block (threadIdx.x)
 constexpr int kRowLanes = 16;    // row lanes per block (threadIdx.y)
@@ -30,7 +24,7 @@ __global__ void column_sum_accumulate_kernel(float* dbias, const T* dy, int64_t 
   const int64_t col = blockIdx.x * int64_t(kColumnTile) + threadIdx.x;
   float acc = 0.0f;
   if (col < cols) {
-    for (int64_t row = threadIdx.y; row < n; row += kRowLanes) acc += to_float(dy[row * cols + col]);
+    for (int64_t row = threadIdx.y; row < n; row += kRowLanes) acc += load_f32(dy[row * cols + col]);
   }
   partial[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();

@@ -8,6 +8,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/moe_dispatch_cuda.h"
 
@@ -20,23 +21,6 @@ constexpr int64_t kPlanChunk = 2048;  // (token, slot) pairs per block in the co
 constexpr int64_t kMaxPlanExperts = 2048;
 constexpr int kRowThreads = 128;  // 4 warps, one token or pair per warp
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;
-
-__device__ __forceinline__ float to_float(float v) {
-  return v;
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // V consecutive elements of T, moved as one load/store (16 bytes when V = 16 / sizeof(T)).
 template <class T, int V>
@@ -264,11 +248,11 @@ __global__ void permute_backward_kernel(T* dx, const T* dpermuted, const int32_t
         if (r < 0 || r >= m_max) continue;
         const Pack<T, V> src = reinterpret_cast<const Pack<T, V>*>(dpermuted + int64_t(r) * d)[i];
 #pragma unroll
-        for (int v = 0; v < V; ++v) acc[v] += to_float(src.v[v]);
+        for (int v = 0; v < V; ++v) acc[v] += load_f32(src.v[v]);
       }
       Pack<T, V> out;
 #pragma unroll
-      for (int v = 0; v < V; ++v) out.v[v] = from_float<T>(acc[v]);
+      for (int v = 0; v < V; ++v) out.v[v] = store_as<T>(acc[v]);
       reinterpret_cast<Pack<T, V>*>(dx + row * d)[i] = out;
     }
   }
@@ -292,11 +276,11 @@ __global__ void unpermute_forward_kernel(T* out, const T* y, const float* weight
         const Pack<T, V> src = reinterpret_cast<const Pack<T, V>*>(y + int64_t(r) * d)[i];
         // Product and sum rounded separately (no FMA), as the CPU loop computes them.
 #pragma unroll
-        for (int v = 0; v < V; ++v) acc[v] = __fadd_rn(acc[v], __fmul_rn(w, to_float(src.v[v])));
+        for (int v = 0; v < V; ++v) acc[v] = __fadd_rn(acc[v], __fmul_rn(w, load_f32(src.v[v])));
       }
       Pack<T, V> o;
 #pragma unroll
-      for (int v = 0; v < V; ++v) o.v[v] = from_float<T>(acc[v]);
+      for (int v = 0; v < V; ++v) o.v[v] = store_as<T>(acc[v]);
       reinterpret_cast<Pack<T, V>*>(out + row * d)[i] = o;
     }
   }
@@ -323,13 +307,13 @@ __global__ void unpermute_backward_kernel(T* dy, float* dweights, const T* dout,
       if (dy != nullptr) {
         Pack<T, V> o;
 #pragma unroll
-        for (int v = 0; v < V; ++v) o.v[v] = from_float<T>(__fmul_rn(w, to_float(gv.v[v])));
+        for (int v = 0; v < V; ++v) o.v[v] = store_as<T>(__fmul_rn(w, load_f32(gv.v[v])));
         reinterpret_cast<Pack<T, V>*>(dy + int64_t(r) * d)[i] = o;
       }
       if (dweights != nullptr) {
         const Pack<T, V> yv = reinterpret_cast<const Pack<T, V>*>(y + int64_t(r) * d)[i];
 #pragma unroll
-        for (int v = 0; v < V; ++v) dot += to_float(gv.v[v]) * to_float(yv.v[v]);
+        for (int v = 0; v < V; ++v) dot += load_f32(gv.v[v]) * load_f32(yv.v[v]);
       }
     }
     if (dweights != nullptr) {
