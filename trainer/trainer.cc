@@ -89,10 +89,15 @@ void clear_preemption_request() {
 
 namespace {
 
+// A value of a resolved config: load_train_config (train_config.cc) fills every default, the only
+// place defaults live; an unset key here means the config bypassed it (a programming error).
 template <class V>
-V or_default(bool has, V value, V fallback) {
-  return has ? value : fallback;
+V resolved_value(bool has, V value, const char* key) {
+  CHECK(has) << "config key " << key << " is unset: configs must come from load_train_config";
+  return value;
 }
+#define MOEASR_RESOLVED(message, field) \
+  resolved_value((message).has_##field(), (message).field(), #message "." #field)
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) {
@@ -103,28 +108,26 @@ double seconds_since(Clock::time_point t0) {
 
 StatusOr<TrainSettings> train_settings_from_config(const proto::TrainConfig& c) {
   TrainSettings s;
-  s.accum_grad = or_default<int64_t>(c.has_accum_grad(), c.accum_grad(), 1);
-  s.max_epoch = or_default<int64_t>(c.has_max_epoch(), c.max_epoch(), 100);
-  s.log_interval = or_default<int64_t>(c.has_log_interval(), c.log_interval(), 100);
-  s.save_interval = or_default<int64_t>(c.has_save_interval(), c.save_interval(), 0);
+  s.accum_grad = MOEASR_RESOLVED(c, accum_grad);
+  s.max_epoch = MOEASR_RESOLVED(c, max_epoch);
+  s.log_interval = MOEASR_RESOLVED(c, log_interval);
+  s.save_interval = MOEASR_RESOLVED(c, save_interval);
   const proto::TrainConf& t = c.train_conf();
-  s.cv_interval = or_default<int64_t>(t.has_cv_interval(), t.cv_interval(), 0);
-  s.keep_checkpoint_max = or_default<int64_t>(t.has_keep_checkpoint_max(), t.keep_checkpoint_max(), 5);
-  s.max_consecutive_nonfinite =
-      or_default<int64_t>(t.has_max_consecutive_nonfinite(), t.max_consecutive_nonfinite(), 20);
-  s.seed = static_cast<uint64_t>(or_default<int64_t>(t.has_seed(), t.seed(), 777));
-  s.ep_size = or_default<int64_t>(c.parallel_conf().has_ep_size(), c.parallel_conf().ep_size(), 1);
+  s.cv_interval = MOEASR_RESOLVED(t, cv_interval);
+  s.keep_checkpoint_max = MOEASR_RESOLVED(t, keep_checkpoint_max);
+  s.max_consecutive_nonfinite = MOEASR_RESOLVED(t, max_consecutive_nonfinite);
+  s.seed = static_cast<uint64_t>(MOEASR_RESOLVED(t, seed));
+  s.ep_size = MOEASR_RESOLVED(c.parallel_conf(), ep_size);
   const proto::OptimConf& o = c.optim_conf();
-  s.adam.lr = or_default<double>(o.has_lr(), o.lr(), 1e-3);
+  s.adam.lr = MOEASR_RESOLVED(o, lr);
   if (o.betas_size() == 2) {
     s.adam.beta1 = o.betas(0);
     s.adam.beta2 = o.betas(1);
   }
-  s.adam.eps = or_default<double>(o.has_eps(), o.eps(), 1e-8);
-  s.adam.weight_decay = or_default<double>(o.has_weight_decay(), o.weight_decay(), 0.0);
-  s.adam.warmup_steps =
-      or_default<int64_t>(c.scheduler_conf().has_warmup_steps(), c.scheduler_conf().warmup_steps(), 25000);
-  s.adam.grad_clip = or_default<double>(c.has_grad_clip(), c.grad_clip(), 5.0);
+  s.adam.eps = MOEASR_RESOLVED(o, eps);
+  s.adam.weight_decay = MOEASR_RESOLVED(o, weight_decay);
+  s.adam.warmup_steps = MOEASR_RESOLVED(c.scheduler_conf(), warmup_steps);
+  s.adam.grad_clip = MOEASR_RESOLVED(c, grad_clip);
   if (s.accum_grad < 1)
     return invalid_argument_error("accum_grad must be >= 1 (got " + std::to_string(s.accum_grad) + ")");
   if (s.max_epoch < 1)
@@ -150,55 +153,41 @@ LoaderOptions loader_options_from_config(const proto::TrainConfig& c, uint64_t s
   LoaderOptions o;
   const proto::DatasetConf& d = c.dataset_conf();
   o.seed = seed;
-  o.shuffle = training && or_default<bool>(d.has_shuffle(), d.shuffle(), true);
-  o.shuffle_size =
-      or_default<int64_t>(d.shuffle_conf().has_shuffle_size(), d.shuffle_conf().shuffle_size(), 5000);
-  o.sort = or_default<bool>(d.has_sort(), d.sort(), true);
-  o.sort_size = or_default<int64_t>(d.sort_conf().has_sort_size(), d.sort_conf().sort_size(), 1000);
+  o.shuffle = training && MOEASR_RESOLVED(d, shuffle);
+  o.shuffle_size = MOEASR_RESOLVED(d.shuffle_conf(), shuffle_size);
+  o.sort = MOEASR_RESOLVED(d, sort);
+  o.sort_size = MOEASR_RESOLVED(d.sort_conf(), sort_size);
   const proto::FilterConf& f = d.filter_conf();
-  o.filter.max_frames = or_default<int64_t>(f.has_max_length(), f.max_length(), o.filter.max_frames);
-  o.filter.min_frames = or_default<int64_t>(f.has_min_length(), f.min_length(), o.filter.min_frames);
-  o.filter.max_tokens =
-      or_default<int64_t>(f.has_token_max_length(), f.token_max_length(), o.filter.max_tokens);
-  o.filter.min_tokens =
-      or_default<int64_t>(f.has_token_min_length(), f.token_min_length(), o.filter.min_tokens);
-  o.filter.max_token_frame_ratio = or_default<double>(
-      f.has_max_output_input_ratio(), f.max_output_input_ratio(), o.filter.max_token_frame_ratio);
-  o.filter.min_token_frame_ratio = or_default<double>(
-      f.has_min_output_input_ratio(), f.min_output_input_ratio(), o.filter.min_token_frame_ratio);
+  o.filter.max_frames = MOEASR_RESOLVED(f, max_length);
+  o.filter.min_frames = MOEASR_RESOLVED(f, min_length);
+  o.filter.max_tokens = MOEASR_RESOLVED(f, token_max_length);
+  o.filter.min_tokens = MOEASR_RESOLVED(f, token_min_length);
+  o.filter.max_token_frame_ratio = MOEASR_RESOLVED(f, max_output_input_ratio);
+  o.filter.min_token_frame_ratio = MOEASR_RESOLVED(f, min_output_input_ratio);
   const proto::BatchConf& b = d.batch_conf();
-  o.batch_type =
-      (b.has_batch_type() && b.batch_type() == "static") ? BatchType::kStatic : BatchType::kDynamic;
-  o.batch_size = or_default<int64_t>(b.has_batch_size(), b.batch_size(), o.batch_size);
-  o.max_frames_in_batch =
-      or_default<int64_t>(b.has_max_frames_in_batch(), b.max_frames_in_batch(), o.max_frames_in_batch);
-  o.prefetch_batches = static_cast<int>(or_default<int64_t>(d.has_prefetch(), d.prefetch(), 4));
-  o.max_bad_fraction = or_default<double>(c.train_conf().has_max_bad_data_fraction(),
-                                          c.train_conf().max_bad_data_fraction(), o.max_bad_fraction);
+  o.batch_type = MOEASR_RESOLVED(b, batch_type) == "static" ? BatchType::kStatic : BatchType::kDynamic;
+  o.batch_size = MOEASR_RESOLVED(b, batch_size);
+  o.max_frames_in_batch = MOEASR_RESOLVED(b, max_frames_in_batch);
+  o.prefetch_batches = static_cast<int>(MOEASR_RESOLVED(d, prefetch));
+  o.max_bad_fraction = MOEASR_RESOLVED(c.train_conf(), max_bad_data_fraction);
   if (training) {
-    o.augment.spec_aug = d.spec_aug();
+    o.augment.spec_aug = MOEASR_RESOLVED(d, spec_aug);
     const proto::SpecAugConf& a = d.spec_aug_conf();
-    o.augment.spec_aug_conf.num_t_mask =
-        static_cast<int>(or_default<int64_t>(a.has_num_t_mask(), a.num_t_mask(), 2));
-    o.augment.spec_aug_conf.num_f_mask =
-        static_cast<int>(or_default<int64_t>(a.has_num_f_mask(), a.num_f_mask(), 2));
-    o.augment.spec_aug_conf.max_t = static_cast<int>(or_default<int64_t>(a.has_max_t(), a.max_t(), 50));
-    o.augment.spec_aug_conf.max_f = static_cast<int>(or_default<int64_t>(a.has_max_f(), a.max_f(), 30));
-    o.augment.spec_sub = d.spec_sub();
-    o.augment.spec_sub_conf.num_t_sub = static_cast<int>(
-        or_default<int64_t>(d.spec_sub_conf().has_num_t_sub(), d.spec_sub_conf().num_t_sub(), 3));
-    o.augment.spec_sub_conf.max_t =
-        static_cast<int>(or_default<int64_t>(d.spec_sub_conf().has_max_t(), d.spec_sub_conf().max_t(), 30));
-    o.augment.spec_trim = d.spec_trim();
-    o.augment.spec_trim_conf.max_t =
-        static_cast<int>(or_default<int64_t>(d.spec_trim_conf().has_max_t(), d.spec_trim_conf().max_t(), 30));
+    o.augment.spec_aug_conf.num_t_mask = static_cast<int>(MOEASR_RESOLVED(a, num_t_mask));
+    o.augment.spec_aug_conf.num_f_mask = static_cast<int>(MOEASR_RESOLVED(a, num_f_mask));
+    o.augment.spec_aug_conf.max_t = static_cast<int>(MOEASR_RESOLVED(a, max_t));
+    o.augment.spec_aug_conf.max_f = static_cast<int>(MOEASR_RESOLVED(a, max_f));
+    o.augment.spec_sub = MOEASR_RESOLVED(d, spec_sub);
+    o.augment.spec_sub_conf.num_t_sub = static_cast<int>(MOEASR_RESOLVED(d.spec_sub_conf(), num_t_sub));
+    o.augment.spec_sub_conf.max_t = static_cast<int>(MOEASR_RESOLVED(d.spec_sub_conf(), max_t));
+    o.augment.spec_trim = MOEASR_RESOLVED(d, spec_trim);
+    o.augment.spec_trim_conf.max_t = static_cast<int>(MOEASR_RESOLVED(d.spec_trim_conf(), max_t));
   }
   return o;
 }
 
 Status check_parallel_layout(const proto::TrainConfig& config, int world_size) {
-  const int64_t ep =
-      or_default<int64_t>(config.parallel_conf().has_ep_size(), config.parallel_conf().ep_size(), 1);
+  const int64_t ep = MOEASR_RESOLVED(config.parallel_conf(), ep_size);
   if (ep < 1)
     return invalid_argument_error("parallel_conf.ep_size must be >= 1 (got " + std::to_string(ep) + ")");
   if (world_size % ep != 0) {
