@@ -21,6 +21,7 @@
 #include "data_pipeline/cmvn.h"
 #include "data_pipeline/shard.h"
 #include "data_pipeline/tokenizer.h"
+#include "tests/common/synthetic_shards.h"
 #include "tests/parallel/mpi_test_env.h"
 #include "trainer/train_config.h"
 #include "trainer/trainer.h"
@@ -35,57 +36,14 @@ using testing::MpiTest;
 using testing::world_rank;
 using testing::world_size;
 
-constexpr int kBins = 20;
-const char* const kLetters = "abcdefghijklmnop";
-
-Status write_shard_set(const std::string& dir, const std::string& name, int shards, int utts_per_shard,
-                       uint64_t seed) {
-  fs::create_directories(dir + "/" + name);
-  const PhiloxStream pattern = philox_stream(RngKey{1234, RngPurpose::kTest, 0, 0, 0, 0});
-  const PhiloxStream s = philox_stream(RngKey{seed, RngPurpose::kTest, 1, 0, 0, 0});
-  uint64_t draw = 0;
-  std::vector<ManifestEntry> entries;
-  for (int sh = 0; sh < shards; ++sh) {
-    const std::string rel = name + "/shard_" + std::to_string(sh) + ".h5";
-    ASSIGN_OR_RETURN(std::unique_ptr<ShardWriter> w,
-                     ShardWriter::create(dir + "/" + rel, kBins, "{\"num_mel_bins\": 20}"));
-    ManifestEntry e;
-    e.path = rel;
-    for (int u = 0; u < utts_per_shard; ++u) {
-      const int len = 2 + static_cast<int>(philox_below(s, draw++, 4));
-      std::string text;
-      std::vector<float> feats;
-      for (int t = 0; t < len; ++t) {
-        const int tok = static_cast<int>(philox_below(s, draw++, 16));
-        text += kLetters[tok];
-        const int frames = 8 + static_cast<int>(philox_below(s, draw++, 5));
-        for (int f = 0; f < frames; ++f)
-          for (int b = 0; b < kBins; ++b)
-            feats.push_back(2.0f * philox_uniform(pattern, static_cast<uint64_t>(tok * kBins + b)) - 1.0f +
-                            0.3f * (2.0f * philox_uniform(s, draw++) - 1.0f));
-      }
-      const int64_t frames = static_cast<int64_t>(feats.size()) / kBins;
-      RETURN_IF_ERROR(w->add(name + "_" + std::to_string(sh) + "_" + std::to_string(u), text, feats.data(),
-                             frames, static_cast<float>(frames) * 0.01f));
-      e.num_frames += frames;
-    }
-    RETURN_IF_ERROR(w->finish());
-    e.num_utts = utts_per_shard;
-    e.bytes = static_cast<int64_t>(fs::file_size(dir + "/" + rel));
-    ASSIGN_OR_RETURN(e.sha256, sha256_file(dir + "/" + rel));
-    entries.push_back(e);
-  }
-  return write_manifest(dir + "/" + name + ".jsonl", entries);
-}
-
 Status write_corpus(const std::string& dir) {
   fs::create_directories(dir);
   std::vector<std::string> units = {"<blank>", "<unk>"};
-  for (const char* c = kLetters; *c; ++c) units.push_back(std::string(1, *c));
+  for (const char* c = testing::kSyntheticLetters; *c; ++c) units.push_back(std::string(1, *c));
   units.push_back("<sos/eos>");
   RETURN_IF_ERROR(write_units(dir + "/units.txt", units));
-  RETURN_IF_ERROR(write_shard_set(dir, "train", 8, 6, 11));
-  RETURN_IF_ERROR(write_shard_set(dir, "cv", 4, 3, 12));
+  RETURN_IF_ERROR(testing::write_synthetic_shard_set(dir, "train", 8, 6, 11, nullptr));
+  RETURN_IF_ERROR(testing::write_synthetic_shard_set(dir, "cv", 4, 3, 12, nullptr));
   std::ofstream(dir + "/conf.yaml") << R"(encoder: conformer
 encoder_conf:
     output_size: 16
