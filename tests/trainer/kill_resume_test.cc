@@ -308,6 +308,26 @@ class KillResume : public ::testing::Test {
 // 8 shards of 6 utterances over 2 ranks, batches of 4: 6 steps per epoch, 3 epochs.
 constexpr int64_t kSteps = 18;
 
+// --max_minutes through the program: a bad value is a usage error naming the flag; a limit that has
+// passed before the first step ends the run at once, normally (exit 0, final weights written).
+TEST_F(KillResume, MaxMinutesFlag) {
+  std::vector<std::string> bad = train_args(corpus_, tmp_.path() + "/bad");
+  bad.insert(bad.end(), {"--max_minutes", "-1"});
+  const std::string bad_out = tmp_.path() + "/bad.out";
+  EXPECT_EQ(run_train(1, bad, bad_out), 2) << slurp(bad_out);
+  EXPECT_NE(slurp(bad_out).find("--max_minutes"), std::string::npos) << slurp(bad_out);
+
+  const std::string dir = tmp_.path() + "/limited";
+  std::vector<std::string> args = train_args(corpus_, dir);
+  args.insert(args.end(), {"--max_minutes", "0.000001"});
+  const std::string out = tmp_.path() + "/limited.out";
+  ASSERT_EQ(run_train(2, args, out), 0) << slurp(out) << slurp(dir + "/log/train.rank000.log");
+  EXPECT_TRUE(fs::exists(dir + "/final.h5"));
+  EXPECT_NE(slurp(dir + "/log/train.rank000.log").find("--max_minutes 1e-06 reached at step 0"),
+            std::string::npos)
+      << slurp(dir + "/log/train.rank000.log");
+}
+
 TEST_F(KillResume, KilledRankResumesToBitIdenticalWeights) {
   const std::string straight = tmp_.path() + "/straight", killed = tmp_.path() + "/killed";
   ASSERT_EQ(run_train(2, train_args(corpus_, straight), tmp_.path() + "/straight.out"), 0)
