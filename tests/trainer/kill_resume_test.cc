@@ -7,11 +7,15 @@
 //     SpecAugment and dynamic chunks on) vs. the same run in which one rank is killed with SIGKILL at
 //     a random step (read from its log), then restarted with --resume auto: the final weights are
 //     bit-identical, tensor by tensor;
+//   - KillResume.BpeUnitsInTheProgram: `tokenizer: bpe` (sentencepiece) inside the moe-asr binary, which
+//     also links protobuf: two steps train with finite losses (it aborted in protobuf's version check
+//     before proto/CMakeLists.txt hid libprotobuf.a's symbols from libsentencepiece.so);
 //   - KillResume.ExpertParallelTwoToOneContinues: a checkpoint of the EP 2 × 2-rank run continues on
 //     one rank with EP 1 (experts re-sliced by global id, data cursors remapped): the loss stays
 //     finite, the step count reaches N, and the log says how it resumed.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sentencepiece_trainer.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -427,6 +431,44 @@ TEST_F(KillResume, ExpertParallelTwoToOneContinues) {
   for (const auto& [name, values] : w.value()) {
     for (float v : values) ASSERT_TRUE(std::isfinite(v)) << name;
   }
+}
+
+TEST_F(KillResume, BpeUnitsInTheProgram) {
+  // A sentencepiece model over the corpus alphabet (upper case: BPE mode upper-cases the text).
+  const std::string text = tmp_.path() + "/bpe_text.txt";
+  {
+    std::ofstream out(text);
+    std::mt19937 rng(5);
+    for (int line = 0; line < 300; ++line) {
+      const int words = 1 + static_cast<int>(rng() % 3);
+      for (int w = 0; w < words; ++w) {
+        const int letters = 2 + static_cast<int>(rng() % 4);
+        for (int l = 0; l < letters; ++l) out << static_cast<char>('A' + rng() % 16);
+        out << (w + 1 < words ? " " : "\n");
+      }
+    }
+  }
+  const std::string prefix = tmp_.path() + "/bpe";
+  auto trained = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + text + " --model_prefix=" + prefix +
+      " --vocab_size=40 --model_type=unigram --character_coverage=1.0 --hard_vocab_limit=false "
+      "--minloglevel=2");
+  ASSERT_TRUE(trained.ok()) << trained.ToString();
+  auto units = build_bpe_units(prefix + ".model");
+  ASSERT_TRUE(units.ok()) << units.status().to_string();
+  ASSERT_TRUE(write_units(tmp_.path() + "/bpe_units.txt", units.value()).ok());
+
+  const std::string dir = tmp_.path() + "/bpe_run";
+  std::vector<std::string> args = train_args(corpus_, dir);
+  args.insert(args.end(),
+              {"--symbol_table", tmp_.path() + "/bpe_units.txt", "--override_config", "tokenizer bpe",
+               "--override_config", "tokenizer_conf.bpe_path " + prefix + ".model", "--override_config",
+               "output_dim " + std::to_string(units.value().size()), "--max_steps", "2"});
+  const std::string out = tmp_.path() + "/bpe_run.out";
+  ASSERT_EQ(run_train(2, args, out), 0) << slurp(out);
+  const std::string log = slurp(dir + "/log/train.rank000.log");
+  EXPECT_EQ(logged_steps(log), (std::vector<int64_t>{1, 2})) << log;
+  for (double l : logged_losses(log)) EXPECT_TRUE(std::isfinite(l)) << log;
 }
 
 }  // namespace
