@@ -109,9 +109,12 @@ struct ShippedConfig {
 };
 
 const ShippedConfig kShipped[] = {
-    {"tiny_dense.yaml", 33.6, 0.05, false}, {"tiny_moe.yaml", 144.0, 0.05, true},
-    {"dense_225m.yaml", 197, 0.5, false},   {"moe_1b.yaml", 991, 0.5, true},
+    {"tiny_dense.yaml", 33.6, 0.05, false},
+    {"tiny_moe.yaml", 144.0, 0.05, true},
+    {"dense_225m.yaml", 197, 0.5, false},
+    {"moe_1b.yaml", 991, 0.5, true},
     {"dense_1b.yaml", 963, 0.5, false},
+    {"demo_moe.yaml", 21.56, 0.05, true},  // the demo's model: our own count, not an anchor
 };
 
 TEST(TrainConfigTest, ShippedConfigsBuildTheAnchoredModelSizes) {
