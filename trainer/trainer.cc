@@ -692,7 +692,8 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
     m.state.skipped_steps = loaded.skipped_steps;
     m.last_saved_step = loaded.step;
     m.last_checkpoint = resume_dir;
-    LOG(INFO) << "resumed from " << resume_dir << ": step " << loaded.step << ", epoch " << loaded.epoch
+    // The checkpoint's epoch is 0-based; the log counts from 1, as the TRAIN lines do.
+    LOG(INFO) << "resumed from " << resume_dir << ": step " << loaded.step << ", epoch " << loaded.epoch + 1
               << (std::all_of(loaded.data_cursors.begin(), loaded.data_cursors.end(),
                               [](const std::string& c) { return c.empty(); })
                       ? " (from its start)"
