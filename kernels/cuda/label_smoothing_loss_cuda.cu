@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/label_smoothing_loss_cuda.h"
 
@@ -15,23 +16,6 @@ constexpr int kRowThreads = 256;     // one block per row
 constexpr int kReduceThreads = 256;  // the final one-block reduction
 constexpr int kThreads = 256;        // elementwise backward
 constexpr int64_t kMaxBlocks = 1 << 20;
-
-__device__ inline float to_float(float x) {
-  return x;
-}
-__device__ inline float to_float(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <class T>
-__device__ inline T from_float(float x);
-template <>
-__device__ inline float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 // Smoothed target q: q_target on the label, q_other elsewhere (label_smoothing_loss.cc).
 struct SmoothedTarget {
@@ -117,7 +101,7 @@ __global__ void row_forward_kernel(float* log_sum_exp, double* row_kl, int32_t* 
   float best = 0.0f;
   int64_t best_index = -1;
   for (int64_t v = threadIdx.x; v < vocab; v += kRowThreads) {
-    float value = to_float(x[v]);
+    float value = load_f32(x[v]);
     if (best_index < 0 || value > best) {
       best = value;
       best_index = v;
@@ -126,14 +110,14 @@ __global__ void row_forward_kernel(float* log_sum_exp, double* row_kl, int32_t* 
   block_argmax(&best, &best_index, shared_value, shared_index);
   const float max_value = best;
   float sum = 0.0f;
-  for (int64_t v = threadIdx.x; v < vocab; v += kRowThreads) sum += expf(to_float(x[v]) - max_value);
+  for (int64_t v = threadIdx.x; v < vocab; v += kRowThreads) sum += expf(load_f32(x[v]) - max_value);
   sum = block_sum(sum, shared);
   const float lse = max_value + logf(sum);
   // cross = sum_v q_v (x_v - lse), skipping q_v = 0 as the CPU op does.
   float cross = 0.0f;
   for (int64_t v = threadIdx.x; v < vocab; v += kRowThreads) {
     float q = v == target ? q_target : q_other;
-    if (q > 0.0f) cross += q * (to_float(x[v]) - lse);
+    if (q > 0.0f) cross += q * (load_f32(x[v]) - lse);
   }
   cross = block_sum(cross, shared);
   if (threadIdx.x == 0) {
@@ -188,9 +172,9 @@ __global__ void backward_kernel(T* dlogits, const T* logits, const float* log_su
     float d = 0.0f;
     if (target != ignore_id) {
       const float q = v == target ? q_target : q_other;
-      d = (expf(to_float(logits[idx]) - log_sum_exp[row]) - q) * scale;
+      d = (expf(load_f32(logits[idx]) - log_sum_exp[row]) - q) * scale;
     }
-    dlogits[idx] = from_float<T>(d);
+    dlogits[idx] = store_as<T>(d);
   }
 }
 
