@@ -50,6 +50,43 @@ PhiloxCounter philox_block(const PhiloxStream& stream, uint64_t block) {
   return philox4x32(counter, stream.key);
 }
 
+void philox_block_batch(const PhiloxStream& stream, uint64_t first_block,
+                        uint32_t* words) {  // [4 * kPhiloxBatchBlocks]
+  constexpr int kLanes = kPhiloxBatchBlocks;
+  uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+  for (int lane = 0; lane < kLanes; ++lane) {
+    const uint64_t block = first_block + static_cast<uint64_t>(lane);
+    c0[lane] = static_cast<uint32_t>(block);
+    c1[lane] = static_cast<uint32_t>(block >> 32);
+    c2[lane] = stream.counter_hi[0];
+    c3[lane] = stream.counter_hi[1];
+  }
+  uint32_t key0 = stream.key[0], key1 = stream.key[1];
+  // The rounds of philox4x32_rounds(), 10 of them, each over all lanes.
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      key0 += kPhiloxW0;
+      key1 += kPhiloxW1;
+    }
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const uint64_t product0 = static_cast<uint64_t>(kPhiloxM0) * c0[lane];
+      const uint64_t product1 = static_cast<uint64_t>(kPhiloxM1) * c2[lane];
+      const uint32_t next0 = static_cast<uint32_t>(product1 >> 32) ^ c1[lane] ^ key0;
+      const uint32_t next2 = static_cast<uint32_t>(product0 >> 32) ^ c3[lane] ^ key1;
+      c0[lane] = next0;
+      c1[lane] = static_cast<uint32_t>(product1);
+      c2[lane] = next2;
+      c3[lane] = static_cast<uint32_t>(product0);
+    }
+  }
+  for (int lane = 0; lane < kLanes; ++lane) {
+    words[4 * lane + 0] = c0[lane];
+    words[4 * lane + 1] = c1[lane];
+    words[4 * lane + 2] = c2[lane];
+    words[4 * lane + 3] = c3[lane];
+  }
+}
+
 uint32_t philox_u32(const PhiloxStream& stream, uint64_t index) {
   return philox_block(stream, index >> 2)[index & 3];
 }

@@ -2,6 +2,9 @@
 // Every element depends only on (stream, i, p), so any thread split gives the same output.
 #include "kernels/cpu/dropout.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "core/check.h"
 #include "kernels/cpu/cpu_parallel.h"
 
@@ -10,9 +13,28 @@ namespace {
 
 // Philox draws cost about 10 rounds per 4 words; count them as work when deciding on threads.
 constexpr int64_t kDropoutWorkPerElement = 16;
+// Elements per Philox batch (philox_block_batch: 4 words per block).
+constexpr int64_t kBatchElements = 4 * kPhiloxBatchBlocks;
 
-inline bool dropout_keeps(const PhiloxStream& stream, double p, int64_t i) {
-  return static_cast<double>(philox_uniform(stream, static_cast<uint64_t>(i))) >= p;
+// The keep rule u >= p with u = (word >> 8) / 2^24 (philox_word_to_uniform), as an integer compare:
+// keep iff (word >> 8) >= ceil(p * 2^24). p * 2^24 is exact in double, so the two rules are the same.
+uint32_t keep_threshold(double p) {
+  return static_cast<uint32_t>(std::ceil(p * 16777216.0));
+}
+
+// Calls body(first, count, words) for each batch of kBatchElements elements (count fewer in the last),
+// words[j] being element first + j's Philox word; batches are split over threads.
+template <class Body>
+void for_each_philox_batch(const PhiloxStream& stream, int64_t n, const RunContext& ctx, Body body) {
+  const int64_t batches = (n + kBatchElements - 1) / kBatchElements;
+  int threads = cpu_threads_for(ctx, n * kDropoutWorkPerElement);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t batch = 0; batch < batches; ++batch) {
+    uint32_t words[kBatchElements];
+    philox_block_batch(stream, static_cast<uint64_t>(batch) * kPhiloxBatchBlocks, words);
+    const int64_t first = batch * kBatchElements;
+    body(first, std::min(kBatchElements, n - first), words);
+  }
 }
 
 void check_dropout_args(double p, int64_t n) {
@@ -32,18 +54,12 @@ void dropout_apply(T* out, const T* in, const PhiloxStream& stream, double p, in
     }
     return;
   }
-  // One Philox block serves 4 consecutive elements (the same words dropout_keeps() reads).
-  const int64_t blocks = (n + 3) / 4;
-  int threads = cpu_threads_for(ctx, n * kDropoutWorkPerElement);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t block = 0; block < blocks; ++block) {
-    PhiloxCounter words = philox_block(stream, static_cast<uint64_t>(block));
-    const int64_t first = 4 * block, count = n - first < 4 ? n - first : 4;
+  const uint32_t threshold = keep_threshold(p);
+  for_each_philox_batch(stream, n, ctx, [&](int64_t first, int64_t count, const uint32_t* words) {
     for (int64_t j = 0; j < count; ++j) {
-      bool keep = static_cast<double>(philox_word_to_uniform(words[static_cast<size_t>(j)])) >= p;
-      out[first + j] = keep ? in[first + j] * scale : T(0);
+      out[first + j] = (words[j] >> 8) >= threshold ? in[first + j] * scale : T(0);
     }
-  }
+  });
 }
 
 }  // namespace
@@ -63,9 +79,10 @@ void dropout_backward(T* dx, const T* dy, const PhiloxStream& stream, double p, 
 void dropout_keep_mask(uint8_t* mask, const PhiloxStream& stream, double p, int64_t n,
                        const RunContext& ctx) {
   check_dropout_args(p, n);
-  int threads = cpu_threads_for(ctx, n * kDropoutWorkPerElement);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < n; ++i) mask[i] = dropout_keeps(stream, p, i) ? 1 : 0;
+  const uint32_t threshold = keep_threshold(p);
+  for_each_philox_batch(stream, n, ctx, [&](int64_t first, int64_t count, const uint32_t* words) {
+    for (int64_t j = 0; j < count; ++j) mask[first + j] = (words[j] >> 8) >= threshold ? 1 : 0;
+  });
 }
 
 template void dropout_forward<float>(float*, const float*, const PhiloxStream&, double, int64_t,

@@ -45,7 +45,8 @@ struct GradBuffer {
 };
 
 // sqrt(sum over every element of every buffer of x^2), squares summed in double. The summation order
-// is fixed: buffers in list order, each cut into fixed blocks of kGradNormBlock elements summed in
+// is fixed: buffers in list order, each cut into fixed blocks of kGradNormBlock elements (each summed
+// over 8 interleaved partial sums, added in a fixed order) summed in
 // parallel and then added in block order, so the result does not depend on the thread count. With
 // ctx.use_reference_kernels the squares are summed in one plain sequential loop instead (same value
 // up to rounding; exactly equal on integer-valued data). PyTorch takes per-tensor norms first and

@@ -227,6 +227,26 @@ TEST(Philox, KnownAnswerVectors) {
   }
 }
 
+// The batched blocks (dropout's draw) are philox_block()'s words, also where the low counter word wraps
+// into the next one.
+TEST(Philox, BlockBatchEqualsSingleBlocks) {
+  RngKey key;
+  key.seed = 12345;
+  key.purpose = RngPurpose::kDropout;
+  key.step = 9;
+  const PhiloxStream stream = philox_stream(key);
+  for (uint64_t first :
+       {uint64_t{0}, uint64_t{1}, uint64_t{977}, uint64_t{0xFFFFFFF8u}, uint64_t{0x1234FFFFFFFEull}}) {
+    uint32_t words[4 * kPhiloxBatchBlocks];
+    philox_block_batch(stream, first, words);
+    for (int b = 0; b < kPhiloxBatchBlocks; ++b) {
+      const PhiloxCounter want = philox_block(stream, first + static_cast<uint64_t>(b));
+      for (int j = 0; j < 4; ++j)
+        EXPECT_EQ(words[4 * b + j], want[static_cast<size_t>(j)]) << first << " " << b << " " << j;
+    }
+  }
+}
+
 TEST(Philox, StreamsArePureFunctionsAndDistinct) {
   RngKey key;
   key.seed = 42;

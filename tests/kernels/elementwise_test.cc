@@ -144,6 +144,32 @@ TEST(Elementwise, SigmoidAndSiluStayFiniteAtLargeMagnitude) {
   EXPECT_EQ(dx[3], 1.0f);
 }
 
+// The float sigmoid's exp is its own vectorizable expf (elementwise.cc): against the sigmoid taken in
+// double on a dense sweep of x, within 4 float ulp wherever the result is a normal float, and 0 or a
+// value below 2e-38 where e^x underflows.
+TEST(Elementwise, FloatSigmoidWithinFourUlpOfDouble) {
+  RunContext ctx = testing::cpu_test_context();
+  std::vector<float> x;
+  for (float v = -95.0f; v <= 20.0f; v += 0.001953125f) x.push_back(v);  // 2^-9 steps
+  std::vector<float> out(x.size());
+  sigmoid_forward(out.data(), x.data(), static_cast<int64_t>(x.size()), ctx);
+  double worst_ulps = 0.0;
+  float worst_x = 0.0f;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double want = 1.0 / (1.0 + std::exp(-static_cast<double>(x[i])));
+    if (want < 1.2e-38) {
+      EXPECT_GE(out[i], 0.0f) << "x " << x[i];
+      EXPECT_LT(out[i], 2e-38f) << "x " << x[i];
+      continue;
+    }
+    const double ulp = std::nextafter(static_cast<float>(want), 2.0f) - static_cast<float>(want);
+    const double ulps = std::abs(out[i] - want) / ulp;
+    if (ulps > worst_ulps) worst_ulps = ulps, worst_x = x[i];
+  }
+  EXPECT_LE(worst_ulps, 4.0) << "at x " << worst_x;
+  EXPECT_GT(x.size(), 50000u);
+}
+
 TEST(Elementwise, GluKnownValues) {
   // torch.nn.functional.glu(torch.tensor([[2., 4., 0., ln 3], [1., -6., 1., 0.]]), dim=-1)
   //   = [[2 * 0.5, 4 * 0.75], [1 * s(1), -6 * 0.5]]
