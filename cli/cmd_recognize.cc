@@ -103,6 +103,8 @@ int run_recognize(int argc, char** argv) {
       "beam of the prefix and attention searches")("length_penalty",
                                                    po::value(&o.search.length_penalty)->default_value(0.0),
                                                    "attention beam length penalty")(
+      "blank_penalty", po::value(&o.search.blank_penalty)->default_value(0.0),
+      "subtracted from the blank's CTC logit (fewer deletions in the CTC searches and rescoring)")(
       "batch_size", po::value(&o.batch_size)->default_value(1),
       "utterances per encoder forward when not streaming (WeNet's default is 16)")(
       "result_dir", po::value(&o.result_dir), "output directory: <result_dir>/<mode>/text")(

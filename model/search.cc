@@ -362,11 +362,15 @@ SearchModel<T>::SearchModel(const ModelConfig& config, ParameterStore<T>* store,
 }
 
 template <class T>
-void SearchModel<T>::ctc_log_probs(T* log_probs, const T* encoder_out, int64_t frames,
-                                   const RunContext& ctx) const {
+void SearchModel<T>::ctc_log_probs(T* log_probs, const T* encoder_out, int64_t frames, const RunContext& ctx,
+                                   double blank_penalty, int32_t blank_id) const {
   const int64_t d = config_.encoder.output_size, v = config_.vocab_size;
+  CHECK(blank_id >= 0 && blank_id < v) << "blank id " << blank_id << " outside the vocabulary of " << v;
   T* logits = activation_alloc<T>(ctx, frames * v);
   linear_forward(logits, encoder_out, ctc_lo_.weight.value, ctc_lo_.bias.value, frames, d, v, ctx);
+  if (blank_penalty != 0.0) {
+    for (int64_t t = 0; t < frames; ++t) logits[t * v + blank_id] -= static_cast<T>(blank_penalty);
+  }
   log_softmax_forward(log_probs, logits, static_cast<const uint8_t*>(nullptr), frames, v, ctx);
 }
 
@@ -556,6 +560,10 @@ Status validate_search_options(const SearchOptions& options) {
   if (options.ctc_weight < 0.0) {
     return invalid_argument_error("--ctc_weight must be >= 0, got " + std::to_string(options.ctc_weight));
   }
+  if (!(options.blank_penalty >= 0.0)) {
+    return invalid_argument_error("--blank_penalty must be >= 0, got " +
+                                  std::to_string(options.blank_penalty));
+  }
   if (options.length_penalty < 0.0) {
     return invalid_argument_error("--length_penalty must be >= 0, got " +
                                   std::to_string(options.length_penalty));
@@ -569,7 +577,7 @@ std::vector<DecodeResult> decode_utterance(const SearchModel<T>& model, const st
                                            const RunContext& ctx) {
   const int64_t vocab = model.config().vocab_size;
   T* lp = activation_alloc<T>(ctx, std::max<int64_t>(frames, 1) * vocab);
-  if (frames > 0) model.ctc_log_probs(lp, encoder_out, frames, ctx);
+  if (frames > 0) model.ctc_log_probs(lp, encoder_out, frames, ctx, options.blank_penalty, options.blank_id);
   std::vector<DecodeResult> nbest;
   bool have_nbest = false;
   std::vector<DecodeResult> results;

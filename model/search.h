@@ -91,10 +91,12 @@ class SearchModel {
   const DecoderParams<T>& right() const { return right_; }
   ExpertDispatcher<T>* dispatcher() const { return dispatcher_; }
 
-  // log_softmax(ctc_lo(encoder_out)).
+  // log_softmax(ctc_lo(encoder_out)), with blank_penalty subtracted from the blank's logit first when
+  // it is not 0 (WeNet's ctc_logprobs(encoder_out, blank_penalty, blank_id)).
   void ctc_log_probs(T* log_probs,          // [L, V]
                      const T* encoder_out,  // [L, d]
-                     int64_t frames, const RunContext& ctx) const;
+                     int64_t frames, const RunContext& ctx, double blank_penalty = 0.0,
+                     int32_t blank_id = 0) const;
 
  private:
   ModelConfig config_;
@@ -144,6 +146,9 @@ struct SearchOptions {  // WeNet recognize.py defaults
   double ctc_weight = 0.0;
   double reverse_weight = 0.0;
   double length_penalty = 0.0;
+  // Subtracted from the blank's CTC logit before the log-softmax (WeNet's --blank_penalty): > 0 makes
+  // the CTC searches (and the n-best attention_rescoring rescores) delete fewer labels.
+  double blank_penalty = 0.0;
   int32_t blank_id = 0;
 };
 

@@ -503,6 +503,56 @@ TEST(DecodeModes, AllFourModesAndBadOptions) {
   bad = options;
   bad.ctc_weight = -1;
   EXPECT_FALSE(validate_search_options(bad).ok());
+  bad = options;
+  bad.blank_penalty = -0.5;
+  Status penalty_status = validate_search_options(bad);
+  EXPECT_FALSE(penalty_status.ok());
+  EXPECT_NE(penalty_status.message().find("--blank_penalty"), std::string::npos);
+}
+
+// --blank_penalty: the CTC log-probs are the log-softmax of the logits with the penalty taken off the
+// blank (checked in double against the unpenalised log-probs, which differ from the logits by a
+// per-frame constant); the CTC modes decode from them, and a large penalty leaves no blank frame.
+TEST(DecodeModes, BlankPenaltyLowersTheBlankLogit) {
+  TinyModel<double> m(tiny_config(true));
+  const int64_t frames = 12, d = m.config.encoder.output_size, v = m.config.vocab_size;
+  std::vector<double> memory = random_memory<double>(frames, d, 9);
+  std::vector<double> plain(static_cast<size_t>(frames * v)), penalised(plain.size());
+  m.model.ctc_log_probs(plain.data(), memory.data(), frames, m.ctx);
+  const double penalty = 1.75;
+  m.model.ctc_log_probs(penalised.data(), memory.data(), frames, m.ctx, penalty, 0);
+  for (int64_t t = 0; t < frames; ++t) {
+    double norm = 0.0;
+    for (int64_t k = 0; k < v; ++k) norm += std::exp(plain[t * v + k] - (k == 0 ? penalty : 0.0));
+    for (int64_t k = 0; k < v; ++k) {
+      const double want = plain[t * v + k] - (k == 0 ? penalty : 0.0) - std::log(norm);
+      EXPECT_NEAR(penalised[t * v + k], want, 1e-12) << t << " " << k;
+    }
+  }
+  SearchOptions options;
+  options.beam_size = 4;
+  options.blank_penalty = penalty;
+  std::vector<DecodeMode> modes = {DecodeMode::kCtcGreedySearch, DecodeMode::kCtcPrefixBeamSearch};
+  std::vector<DecodeResult> results = decode_utterance(m.model, modes, memory.data(), frames, options, m.ctx);
+  EXPECT_EQ(results[0].tokens, ctc_greedy_search(penalised.data(), frames, v, 0).tokens);
+  EXPECT_EQ(results[1].tokens, ctc_prefix_beam_search(penalised.data(), frames, v, 4, 0)[0].tokens);
+  // A penalty far above every logit gap: no frame's best label is the blank, so greedy emits one label
+  // per run of equal labels.
+  options.blank_penalty = 1e3;
+  std::vector<double> huge(plain.size());
+  m.model.ctc_log_probs(huge.data(), memory.data(), frames, m.ctx, 1e3, 0);
+  DecodeResult greedy =
+      decode_utterance(m.model, {DecodeMode::kCtcGreedySearch}, memory.data(), frames, options, m.ctx)[0];
+  int64_t runs = 0;
+  int64_t previous = -1;
+  for (int64_t t = 0; t < frames; ++t) {
+    const double* row = huge.data() + t * v;
+    const int64_t best = std::max_element(row, row + v) - row;
+    EXPECT_NE(best, 0) << "frame " << t;
+    if (best != previous) ++runs;
+    previous = best;
+  }
+  EXPECT_EQ(static_cast<int64_t>(greedy.tokens.size()), runs);
 }
 
 }  // namespace
