@@ -2,7 +2,8 @@
 # scripts/make_tts_corpus.sh — a Kaldi data dir of synthetic spoken English for tests, benchmarks and
 # the demo (issue 4, part 7).
 #
-#   scripts/make_tts_corpus.sh --out DIR (--utts N | --hours H) [--seed S] [--noise] [--jobs J] [--force]
+#   scripts/make_tts_corpus.sh --out DIR (--utts N | --hours H) [--seed S] [--noise] [--splice F] [--jobs J]
+#                              [--force]
 #
 # Text: only the fortune files of Debian's fortunes-min package (/usr/share/games/fortunes/{fortunes,
 #   literature,riddles}, public domain), split on '%' lines, attribution lines ("-- Author") dropped,
@@ -17,14 +18,19 @@
 #   fixed 120 s sox whitenoise track at a random offset, volume 0.01-0.05, i.e. ~20-35 dB SNR) mixed in.
 # Splits: sentences are shuffled and split first (dev and test 5% each, at least 1), so NO sentence
 #   is shared between train, dev and test; utterances then draw sentences from their split's pool
-#   (each once before any repeats) and voices in shuffled rounds of 13. Sizes: --utts N total
+#   (each once before any repeats) and voices in shuffled rounds of 13. With --splice F (0 <= F < 1,
+#   default 0), each training utterance reads, with probability F, a spliced sentence instead: the first
+#   words of one training sentence and the last words of another (each part >= 2 words, 3-25 in all,
+#   never equal to any sentence of the pool), so the training text has new word contexts; dev and test
+#   read only their own whole sentences. Sizes: --utts N total
 #   (dev = test = max(1, round(N/20))) or --hours H (utterances added until the estimated duration
 #   reaches H; the summary reports the measured hours).
 # Deterministic: every choice comes from python's random.Random(seed) before synthesis; sox runs with
 #   -R and -D (repeatable, no dither); the same --seed gives byte-identical wavs (with these tool
 #   versions). Synthesis runs --jobs (default 2) workers via xargs -P.
 # Output: DIR/{train,dev,test}/{wav.scp,text,utt2spk,spk2utt} (sorted, C locale; utterance ids start
-#   with the speaker id), wavs under DIR/wav/<split>/, DIR/utts.tsv (every utterance's parameters).
+#   with the speaker id), wavs under DIR/wav/<split>/, DIR/utts.tsv (every utterance's parameters;
+#   the last column, kind, is "sentence" or "spliced").
 # Quiet: tool output goes to DIR/make_tts_corpus.log; one summary line on stdout.
 set -euo pipefail
 export LC_ALL=C
@@ -34,7 +40,7 @@ usage() {
   exit 2
 }
 
-out="" utts="" hours="" seed=0 noise=0 jobs=2 force=0
+out="" utts="" hours="" seed=0 noise=0 splice=0 jobs=2 force=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
@@ -42,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --hours) hours="${2:?--hours needs a number}"; shift 2 ;;
     --seed) seed="${2:?--seed needs a number}"; shift 2 ;;
     --noise) noise=1; shift ;;
+    --splice) splice="${2:?--splice needs a fraction}"; shift 2 ;;
     --jobs) jobs="${2:?--jobs needs a number}"; shift 2 ;;
     --force) force=1; shift ;;
     -h|--help) usage ;;
@@ -55,6 +62,7 @@ fi
 [[ -z "$utts" || "$utts" =~ ^[0-9]+$ ]] || { echo "make_tts_corpus.sh: --utts must be a whole number, got '$utts'" >&2; exit 2; }
 [[ -z "$hours" || "$hours" =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "make_tts_corpus.sh: --hours must be a number, got '$hours'" >&2; exit 2; }
 [[ "$seed" =~ ^[0-9]+$ ]] || { echo "make_tts_corpus.sh: --seed must be a whole number, got '$seed'" >&2; exit 2; }
+[[ "$splice" =~ ^0*(\.[0-9]+)?$ ]] || { echo "make_tts_corpus.sh: --splice must be a fraction in [0, 1), got '$splice'" >&2; exit 2; }
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "make_tts_corpus.sh: --jobs must be >= 1, got '$jobs'" >&2; exit 2; }
 for tool in espeak-ng flite sox soxi python3 xargs; do
   command -v "$tool" > /dev/null || { echo "make_tts_corpus.sh: '$tool' not found (apt-get install espeak-ng flite sox python3)" >&2; exit 1; }
@@ -81,11 +89,11 @@ trap 'rm -rf "$work"' EXIT
 start=$(date +%s.%N)
 
 # 1. Plan: sentences, splits, voices, parameters -> utts.tsv and job chunks.
-python3 - "$fortune_dir" "$out" "$seed" "${utts:-0}" "${hours:-0}" "$noise" "$jobs" << 'PYEOF'
+python3 - "$fortune_dir" "$out" "$seed" "${utts:-0}" "${hours:-0}" "$noise" "$jobs" "$splice" << 'PYEOF'
 import math, os, random, re, sys
 
-fortune_dir, out, seed, n_utts, hours, noise, jobs = sys.argv[1:]
-seed, n_utts, hours, noise, jobs = int(seed), int(n_utts), float(hours), int(noise), int(jobs)
+fortune_dir, out, seed, n_utts, hours, noise, jobs, splice = sys.argv[1:]
+seed, n_utts, hours, noise, jobs, splice = int(seed), int(n_utts), float(hours), int(noise), int(jobs), float(splice)
 rng = random.Random(seed)
 
 ABBREV = re.compile(r"\b(mr|mrs|ms|dr|st|jr|sr|vs|etc|inc|ltd|co|no|vol|ft|mt|prof|gen|col|capt|sgt|rev)\.",
@@ -145,18 +153,38 @@ def est_seconds(text, p):
 n_dev_s = n_test_s = max(1, round(S * 0.05))
 pools = {"dev": texts[:n_dev_s], "test": texts[n_dev_s:n_dev_s + n_test_s], "train": texts[n_dev_s + n_test_s:]}
 
+def spliced(sentences):
+    """The first words of one sentence and the last words of another (TTS text spliced at a space, the
+    transcript made from it), new to the pool; returns its transcript and adds it to `pool`."""
+    while True:
+        a, b = pool[rng.choice(sentences)].split(), pool[rng.choice(sentences)].split()
+        if len(a) < 3 or len(b) < 3:
+            continue
+        tts = " ".join(a[:rng.randint(2, len(a) - 1)] + b[rng.randint(1, len(b) - 2):])
+        tr = transcript(tts)
+        if 3 <= len(tr.split()) <= 25 and tr not in pool:
+            pool[tr] = tts
+            return tr
+
 class Drawer:
-    """Sentences of one split, each once per shuffled round; voices in shuffled rounds of 13."""
-    def __init__(self, sentences):
-        self.sentences, self.s_order, self.v_order = sentences, [], []
+    """Sentences of one split, each once per shuffled round (or, with probability `splice`, a spliced
+    one); voices in shuffled rounds of 13."""
+    def __init__(self, sentences, splice=0.0):
+        self.sentences, self.splice, self.s_order, self.v_order = sentences, splice, [], []
     def next(self):
-        if not self.s_order:
-            self.s_order = list(self.sentences); rng.shuffle(self.s_order)
+        if self.splice > 0 and rng.random() < self.splice:
+            text = spliced(self.sentences)
+            kinds[text] = "spliced"
+        else:
+            if not self.s_order:
+                self.s_order = list(self.sentences); rng.shuffle(self.s_order)
+            text = self.s_order.pop()
         if not self.v_order:
             self.v_order = list(VOICES); rng.shuffle(self.v_order)
-        return self.s_order.pop(), self.v_order.pop()
+        return text, self.v_order.pop()
 
-drawers = {k: Drawer(v) for k, v in pools.items()}
+kinds = {}  # transcript -> "spliced" for the spliced ones; whole sentences are "sentence"
+drawers = {k: Drawer(v, splice if k == "train" else 0.0) for k, v in pools.items()}
 plan = []  # (split, text, engine, voice, params)
 if n_utts > 0:
     if n_utts < 3:
@@ -189,11 +217,11 @@ for split, text, engine, voice, p in plan:
     off = str(rng.randint(0, 100 * 16000)) if noise else "-"
     wav = os.path.join(out, "wav", split, uid + ".wav")
     rows.append([uid, split, spk, engine, voice, str(p["speed"]), str(p["pitch"]), p["stretch"], vol, off, wav,
-                 pool[text], text])
+                 pool[text], text, kinds.get(text, "sentence")])
 
 with open(os.path.join(out, "utts.tsv"), "w") as f:
     f.write("#uttid\tsplit\tspeaker\tengine\tvoice\tspeed\tpitch\tstretch\tnoise_vol\tnoise_offset\twav"
-            "\ttts_text\ttranscript\n")
+            "\ttts_text\ttranscript\tkind\n")
     for r in rows:
         f.write("\t".join(r) + "\n")
 chunk = max(1, min(50, math.ceil(len(rows) / (4 * jobs))))
