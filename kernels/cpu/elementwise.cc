@@ -22,7 +22,8 @@ inline double exp_nonpositive(double a) {
 }
 inline float exp_nonpositive(float a) {
   const float kLowest = -87.33f;  // e^-87.33 ~ 1.18e-38, just above FLT_MIN; below it the result is 0
-  const float clamped = a < kLowest ? kLowest : a;
+  // NaN goes through the arithmetic as 0 (so that n converts to int defined) and is returned at the end.
+  const float clamped = a < kLowest ? kLowest : (a == a ? a : 0.0f);
   // n = round(a / ln2) by the 1.5 * 2^23 trick (round to nearest even under the default mode).
   const float kShifter = 12582912.0f;
   const float n = (clamped * 1.44269504088896341f + kShifter) - kShifter;
@@ -37,7 +38,8 @@ inline float exp_nonpositive(float a) {
   const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n, n >= -126
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
-  return a < kLowest ? 0.0f : e_r * two_n;
+  const float value = a == a ? e_r * two_n : a;
+  return a < kLowest ? 0.0f : value;
 }
 
 // 1 / (1 + exp(-x)) without overflow: exp is only taken of -|x| <= 0. Branch-free (selects) so that

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "tests/common/gradcheck.h"
@@ -168,6 +169,16 @@ TEST(Elementwise, FloatSigmoidWithinFourUlpOfDouble) {
   }
   EXPECT_LE(worst_ulps, 4.0) << "at x " << worst_x;
   EXPECT_GT(x.size(), 50000u);
+  // NaN stays NaN (sigmoid and SiLU), infinities saturate.
+  std::vector<float> odd = {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::infinity()};
+  std::vector<float> odd_out(3);
+  sigmoid_forward(odd_out.data(), odd.data(), 3, ctx);
+  EXPECT_TRUE(std::isnan(odd_out[0]));
+  EXPECT_EQ(odd_out[1], 0.0f);
+  EXPECT_EQ(odd_out[2], 1.0f);
+  silu_forward(odd_out.data(), odd.data(), 1, ctx);
+  EXPECT_TRUE(std::isnan(odd_out[0]));
 }
 
 TEST(Elementwise, GluKnownValues) {
