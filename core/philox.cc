@@ -62,21 +62,14 @@ void philox_block_batch(const PhiloxStream& stream, uint64_t first_block,
     c3[lane] = stream.counter_hi[1];
   }
   uint32_t key0 = stream.key[0], key1 = stream.key[1];
-  // The rounds of philox4x32_rounds(), 10 of them, each over all lanes.
+  // The 10 rounds of philox4x32(), each over all lanes (the same round body, lane by lane).
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
       key0 += kPhiloxW0;
       key1 += kPhiloxW1;
     }
     for (int lane = 0; lane < kLanes; ++lane) {
-      const uint64_t product0 = static_cast<uint64_t>(kPhiloxM0) * c0[lane];
-      const uint64_t product1 = static_cast<uint64_t>(kPhiloxM1) * c2[lane];
-      const uint32_t next0 = static_cast<uint32_t>(product1 >> 32) ^ c1[lane] ^ key0;
-      const uint32_t next2 = static_cast<uint32_t>(product0 >> 32) ^ c3[lane] ^ key1;
-      c0[lane] = next0;
-      c1[lane] = static_cast<uint32_t>(product1);
-      c2[lane] = next2;
-      c3[lane] = static_cast<uint32_t>(product0);
+      philox4x32_round(c0[lane], c1[lane], c2[lane], c3[lane], key0, key1);
     }
   }
   for (int lane = 0; lane < kLanes; ++lane) {

@@ -155,8 +155,9 @@ pools = {"dev": texts[:n_dev_s], "test": texts[n_dev_s:n_dev_s + n_test_s], "tra
 
 def spliced(sentences):
     """The first words of one sentence and the last words of another (TTS text spliced at a space, the
-    transcript made from it), new to the pool; returns its transcript and adds it to `pool`."""
-    while True:
+    transcript made from it), new to the pool; returns its transcript and adds it to `pool`. None after
+    1000 draws without a new one (a pool of a few short sentences): the caller reads a whole sentence."""
+    for _ in range(1000):
         a, b = pool[rng.choice(sentences)].split(), pool[rng.choice(sentences)].split()
         if len(a) < 3 or len(b) < 3:
             continue
@@ -165,6 +166,7 @@ def spliced(sentences):
         if 3 <= len(tr.split()) <= 25 and tr not in pool:
             pool[tr] = tts
             return tr
+    return None
 
 class Drawer:
     """Sentences of one split, each once per shuffled round (or, with probability `splice`, a spliced
@@ -172,10 +174,12 @@ class Drawer:
     def __init__(self, sentences, splice=0.0):
         self.sentences, self.splice, self.s_order, self.v_order = sentences, splice, [], []
     def next(self):
+        text = None
         if self.splice > 0 and rng.random() < self.splice:
             text = spliced(self.sentences)
-            kinds[text] = "spliced"
-        else:
+            if text is not None:
+                kinds[text] = "spliced"
+        if text is None:
             if not self.s_order:
                 self.s_order = list(self.sentences); rng.shuffle(self.s_order)
             text = self.s_order.pop()
