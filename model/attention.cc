@@ -1,15 +1,16 @@
 // model/attention.cc — WeNet's MultiHeadedAttention and RelPositionMultiHeadedAttention (without
 // rel_shift), forward and backward, from linear, batched GEMM, attention softmax and dropout ops.
 // The score and context products are strided-batched GEMMs over (batch, head); the [B, T, H, dk] <->
-// [B, H, T, dk] reorganisations are explicit transpose loops (local helpers below).
+// [B, H, T, dk] reorganisations are the split_heads / transpose_middle ops of kernels/cpu/layout.h.
 #include "model/attention.h"
 
 #include <cmath>
 
 #include "core/check.h"
-#include "kernels/cpu/cpu_parallel.h"
 #include "kernels/cpu/dropout.h"
+#include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/layout.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/softmax.h"
 
@@ -35,63 +36,6 @@ void check_linear_dims(const char* name, int64_t in, int64_t out, int64_t d_mode
   CHECK_EQ(out, d_model) << name << ".out_features";
 }
 
-// dst[b, h, t, j] = src[b, t, h*dk + j] (+ bias[h*dk + j] when bias is not null).
-template <class T>
-void split_heads(T* dst,         // [B, H, T, dk]
-                 const T* src,   // [B, T, H*dk]
-                 const T* bias,  // [H*dk] or null
-                 int64_t batch, int64_t steps, int64_t heads, int64_t d_k, const RunContext& ctx) {
-  const int64_t d = heads * d_k;
-  int threads = cpu_threads_for(ctx, batch * steps * d);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t bt = 0; bt < batch * steps; ++bt) {
-    const int64_t b = bt / steps, t = bt % steps;
-    const T* s = src + bt * d;
-    for (int64_t h = 0; h < heads; ++h) {
-      T* o = dst + ((b * heads + h) * steps + t) * d_k;
-      for (int64_t j = 0; j < d_k; ++j)
-        o[j] = bias != nullptr ? s[h * d_k + j] + bias[h * d_k + j] : s[h * d_k + j];
-    }
-  }
-}
-
-// dst[b, t, h*dk + j] = src[b, h, t, j] (WeNet's transpose(1, 2).contiguous().view(B, T, H*dk)).
-template <class T>
-void merge_heads(T* dst,        // [B, T, H*dk]
-                 const T* src,  // [B, H, T, dk]
-                 int64_t batch, int64_t steps, int64_t heads, int64_t d_k, const RunContext& ctx) {
-  const int64_t d = heads * d_k;
-  int threads = cpu_threads_for(ctx, batch * steps * d);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t bt = 0; bt < batch * steps; ++bt) {
-    const int64_t b = bt / steps, t = bt % steps;
-    T* o = dst + bt * d;
-    for (int64_t h = 0; h < heads; ++h) {
-      const T* s = src + ((b * heads + h) * steps + t) * d_k;
-      for (int64_t j = 0; j < d_k; ++j) o[h * d_k + j] = s[j];
-    }
-  }
-}
-
-// grad[h*dk + j] += sum over (b, t) of g[b, h, t, j], summed in a fixed order.
-template <class T>
-void accumulate_head_bias_grad(T* grad,     // [H, dk]
-                               const T* g,  // [B, H, T, dk]
-                               int64_t batch, int64_t steps, int64_t heads, int64_t d_k,
-                               const RunContext& ctx) {
-  int threads = cpu_threads_for(ctx, batch * steps * heads * d_k);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t hj = 0; hj < heads * d_k; ++hj) {
-    const int64_t h = hj / d_k, j = hj % d_k;
-    T acc = T(0);
-    for (int64_t b = 0; b < batch; ++b) {
-      const T* s = g + (b * heads + h) * steps * d_k + j;
-      for (int64_t t = 0; t < steps; ++t) acc += s[t * d_k];
-    }
-    grad[hj] += acc;
-  }
-}
-
 // y = linear(x) split into heads: [N=B*T, d] -> [B, H, T, dk], optionally plus a per-head bias.
 template <class T>
 void project_to_heads(T* heads_out,  // [B, H, T, dk]
@@ -101,7 +45,7 @@ void project_to_heads(T* heads_out,  // [B, H, T, dk]
   T* flat = activation_alloc<T>(ctx, dims.batch * steps * dims.d_model);
   linear_forward(flat, x, lin.weight.value, lin.bias.value, dims.batch * steps, dims.d_model, dims.d_model,
                  ctx);
-  split_heads(heads_out, flat, head_bias, dims.batch, steps, dims.heads, dims.d_k, ctx);
+  split_heads_forward(heads_out, flat, head_bias, dims.batch, steps, dims.heads, dims.d_k, ctx);
 }
 
 // Backward of project_to_heads (without the head bias, whose gradient the caller reduces).
@@ -112,7 +56,7 @@ void project_to_heads_backward(T* dx,            // [B, T, d] assigned, or null
                                const LinearRef<T>& lin, const AttentionDims& dims, int64_t steps,
                                const RunContext& ctx) {
   T* dflat = activation_alloc<T>(ctx, dims.batch * steps * dims.d_model);
-  merge_heads(dflat, dheads, dims.batch, steps, dims.heads, dims.d_k, ctx);
+  split_heads_backward(dflat, static_cast<T*>(nullptr), dheads, dims.batch, steps, dims.heads, dims.d_k, ctx);
   linear_backward(dx, lin.weight.grad, lin.bias.grad, dflat, x, lin.weight.value, dims.batch * steps,
                   dims.d_model, dims.d_model, ctx);
 }
@@ -136,7 +80,8 @@ void attend_forward(T* out, T** probs_out, T** probs_dropped_out, T** context_ou
   batched_matmul_forward(context_heads, probs_dropped, v_heads, Transpose::kNo, groups, dims.queries,
                          dims.d_k, dims.keys, ctx);
   T* context = activation_alloc<T>(ctx, dims.batch * dims.queries * dims.d_model);
-  merge_heads(context, context_heads, dims.batch, dims.queries, dims.heads, dims.d_k, ctx);
+  // [B, H, Tq, dk] -> [B, Tq, H, dk]
+  transpose_middle_forward(context, context_heads, dims.batch, dims.heads, dims.queries, dims.d_k, ctx);
   linear_forward(out, context, linear_out.weight.value, linear_out.bias.value, dims.batch * dims.queries,
                  dims.d_model, dims.d_model, ctx);
   *probs_out = probs;
@@ -156,8 +101,7 @@ void attend_backward(T** dscores_out, T** dv_heads_out, const T* dout, const T* 
   linear_backward(dcontext, linear_out.weight.grad, linear_out.bias.grad, dout, context,
                   linear_out.weight.value, dims.batch * dims.queries, dims.d_model, dims.d_model, ctx);
   T* dcontext_heads = activation_alloc<T>(ctx, groups * dims.queries * dims.d_k);
-  split_heads(dcontext_heads, dcontext, static_cast<const T*>(nullptr), dims.batch, dims.queries, dims.heads,
-              dims.d_k, ctx);
+  transpose_middle_backward(dcontext_heads, dcontext, dims.batch, dims.heads, dims.queries, dims.d_k, ctx);
   T* dprobs = activation_alloc<T>(ctx, n_scores);
   T* dv_heads = activation_alloc<T>(ctx, groups * dims.keys * dims.d_k);
   batched_matmul_backward(dprobs, dv_heads, dcontext_heads, probs_dropped, v_heads, Transpose::kNo, groups,
@@ -305,10 +249,10 @@ void rel_position_attention_forward(RelPositionAttentionSaved<T>* saved, T* out,
                  d_model, ctx);
   saved->q_u = activation_alloc<T>(ctx, groups * queries * dims.d_k);
   saved->q_v = activation_alloc<T>(ctx, groups * queries * dims.d_k);
-  split_heads(saved->q_u, q_flat, static_cast<const T*>(p.pos_bias_u.value), batch, queries, heads, dims.d_k,
-              ctx);
-  split_heads(saved->q_v, q_flat, static_cast<const T*>(p.pos_bias_v.value), batch, queries, heads, dims.d_k,
-              ctx);
+  split_heads_forward(saved->q_u, q_flat, static_cast<const T*>(p.pos_bias_u.value), batch, queries, heads,
+                      dims.d_k, ctx);
+  split_heads_forward(saved->q_v, q_flat, static_cast<const T*>(p.pos_bias_v.value), batch, queries, heads,
+                      dims.d_k, ctx);
   saved->k = activation_alloc<T>(ctx, groups * keys * dims.d_k);
   saved->v = activation_alloc<T>(ctx, groups * keys * dims.d_k);
   project_to_heads(saved->k, key, p.linear_k, static_cast<const T*>(nullptr), dims, keys, ctx);
@@ -318,7 +262,7 @@ void rel_position_attention_forward(RelPositionAttentionSaved<T>* saved, T* out,
   linear_forward(p_flat, pos_emb, p.linear_pos.weight.value, static_cast<const T*>(nullptr), keys, d_model,
                  d_model, ctx);
   saved->p = activation_alloc<T>(ctx, heads * keys * dims.d_k);
-  split_heads(saved->p, p_flat, static_cast<const T*>(nullptr), 1, keys, heads, dims.d_k, ctx);
+  split_heads_forward(saved->p, p_flat, static_cast<const T*>(nullptr), 1, keys, heads, dims.d_k, ctx);
 
   const T scale = score_scale<T>(dims);
   T* scores = activation_alloc<T>(ctx, groups * queries * keys);
@@ -364,27 +308,23 @@ void rel_position_attention_backward(T* dquery, T* dkey, T* dvalue, T* dpos_emb,
                          Transpose::kNo, keys, dims.d_k, queries, scale, b == 0 ? T(0) : T(1), keys, dims.d_k,
                          dims.d_k, queries * keys, queries * dims.d_k, keys * dims.d_k, heads, ctx);
   }
-  if (batch == 0) {
-    for (int64_t i = 0; i < heads * keys * dims.d_k; ++i) dp_heads[i] = T(0);
-  }
+  if (batch == 0) fill_constant(dp_heads, T(0), heads * keys * dims.d_k, ctx);
   if (p.pos_bias_u.grad != nullptr) {
-    accumulate_head_bias_grad(p.pos_bias_u.grad, dq_u, batch, queries, heads, dims.d_k, ctx);
+    split_heads_backward(static_cast<T*>(nullptr), p.pos_bias_u.grad, dq_u, batch, queries, heads, dims.d_k,
+                         ctx);
   }
   if (p.pos_bias_v.grad != nullptr) {
-    accumulate_head_bias_grad(p.pos_bias_v.grad, dq_v, batch, queries, heads, dims.d_k, ctx);
+    split_heads_backward(static_cast<T*>(nullptr), p.pos_bias_v.grad, dq_v, batch, queries, heads, dims.d_k,
+                         ctx);
   }
   // dq = d(q + u) + d(q + v_b), into dq_u.
-  {
-    int threads = cpu_threads_for(ctx, n_q);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n_q; ++i) dq_u[i] += dq_v[i];
-  }
+  add_scaled_inplace(dq_u, dq_v, T(1), n_q, ctx);
   project_to_heads_backward(dquery, dq_u, saved.query, p.linear_q, dims, queries, ctx);
   project_to_heads_backward(dkey, dk_heads, saved.key, p.linear_k, dims, keys, ctx);
   project_to_heads_backward(dvalue, dv_heads, saved.value, p.linear_v, dims, keys, ctx);
   // linear_pos: a batch of one over the Tk rows of pos_emb.
   T* dp_flat = activation_alloc<T>(ctx, keys * d_model);
-  merge_heads(dp_flat, dp_heads, 1, keys, heads, dims.d_k, ctx);
+  split_heads_backward(dp_flat, static_cast<T*>(nullptr), dp_heads, 1, keys, heads, dims.d_k, ctx);
   linear_backward(dpos_emb, p.linear_pos.weight.grad, static_cast<T*>(nullptr), dp_flat, saved.pos_emb,
                   p.linear_pos.weight.value, keys, d_model, d_model, ctx);
 }

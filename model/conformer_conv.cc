@@ -1,61 +1,14 @@
 // model/conformer_conv.cc — WeNet's ConvolutionModule forward/backward (see conformer_conv.h).
 #include "model/conformer_conv.h"
 
-#include <algorithm>
-
 #include "core/check.h"
 #include "kernels/cpu/conv.h"
-#include "kernels/cpu/cpu_parallel.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/layout.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/norm.h"
 
 namespace moeasr {
-namespace {
-
-// dst[b, lpad + t] = mask[b, t] ? src[b, t] : 0 for t < T, and dst[b, 0 .. lpad) = 0.
-// dst: [B, lpad + T, C], src: [B, T, C].
-template <class T>
-void pad_masked_rows(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time, int64_t lpad,
-                     int64_t channels, const RunContext& ctx) {
-  const int64_t padded = time + lpad;
-  int threads = cpu_threads_for(ctx, batch * padded * channels);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < batch * padded; ++r) {
-    const int64_t b = r / padded;
-    const int64_t tp = r % padded;
-    T* out = dst + r * channels;
-    const int64_t t = tp - lpad;
-    if (t < 0 || (mask != nullptr && mask[b * time + t] == 0)) {
-      std::fill(out, out + channels, T(0));
-    } else {
-      const T* in = src + (b * time + t) * channels;
-      std::copy(in, in + channels, out);
-    }
-  }
-}
-
-// dst[b, t] = mask[b, t] ? src[b, lpad + t] : 0. dst: [B, T, C], src: [B, lpad + T, C].
-template <class T>
-void slice_masked_rows(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time, int64_t lpad,
-                       int64_t channels, const RunContext& ctx) {
-  const int64_t padded = time + lpad;
-  int threads = cpu_threads_for(ctx, batch * time * channels);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < batch * time; ++r) {
-    const int64_t b = r / time;
-    const int64_t t = r % time;
-    T* out = dst + r * channels;
-    if (mask != nullptr && mask[r] == 0) {
-      std::fill(out, out + channels, T(0));
-    } else {
-      const T* in = src + (b * padded + lpad + t) * channels;
-      std::copy(in, in + channels, out);
-    }
-  }
-}
-
-}  // namespace
 
 template <class T>
 ConformerConvParams<T> bind_conformer_conv(ParameterStore<T>* store, const std::string& prefix,
@@ -109,7 +62,7 @@ void conformer_conv_forward(ConformerConvSaved<T>* saved, T* out, const T* x, co
 
   // 1-2. Zero the padded frames; causal: K-1 zero frames of the input on the left.
   saved->xp = activation_alloc<T>(ctx, prows * d);
-  pad_masked_rows(saved->xp, x, mask, batch, time, lpad, d, ctx);
+  masked_pad_rows_forward(saved->xp, x, mask, batch, time, lpad, d, ctx);
   // 3-4. pointwise_conv1 and GLU over the (padded) length.
   saved->h1 = activation_alloc<T>(ctx, prows * 2 * d);
   linear_forward(saved->h1, saved->xp, p.pointwise_conv1.weight.value, p.pointwise_conv1.bias.value, prows, d,
@@ -124,7 +77,7 @@ void conformer_conv_forward(ConformerConvSaved<T>* saved, T* out, const T* x, co
     T* full = activation_alloc<T>(ctx, prows * d);
     depthwise_conv1d_forward(full, saved->g, p.depthwise_weight.value, p.depthwise_bias.value,
                              Conv1dPadding::kCausal, batch, padded, d, k, ctx);
-    slice_masked_rows(saved->c, full, static_cast<const uint8_t*>(nullptr), batch, time, lpad, d, ctx);
+    masked_crop_rows_forward(saved->c, full, static_cast<const uint8_t*>(nullptr), batch, time, lpad, d, ctx);
   } else {
     depthwise_conv1d_forward(saved->c, saved->g, p.depthwise_weight.value, p.depthwise_bias.value,
                              Conv1dPadding::kSymmetric, batch, time, d, k, ctx);
@@ -155,13 +108,7 @@ void conformer_conv_forward(ConformerConvSaved<T>* saved, T* out, const T* x, co
   // 8-9. pointwise_conv2, then zero the padded frames.
   linear_forward(out, saved->s, p.pointwise_conv2.weight.value, p.pointwise_conv2.bias.value, rows, d, d,
                  ctx);
-  if (mask != nullptr) {
-    int threads = cpu_threads_for(ctx, rows * d);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      if (mask[r] == 0) std::fill(out + r * d, out + (r + 1) * d, T(0));
-    }
-  }
+  if (mask != nullptr) masked_crop_rows_forward(out, out, mask, batch, time, 0, d, ctx);  // in place
 }
 
 template <class T>
@@ -179,7 +126,7 @@ void conformer_conv_backward(T* dx, const ConformerConvSaved<T>& saved, const T*
 
   // 9. Padded output frames were overwritten with 0: no gradient flows through them.
   T* dpre = activation_alloc<T>(ctx, rows * d);
-  slice_masked_rows(dpre, dout, mask, batch, time, 0, d, ctx);
+  masked_crop_rows_backward(dpre, dout, mask, batch, time, 0, d, ctx);
   // 8. pointwise_conv2.
   T* ds = activation_alloc<T>(ctx, rows * d);
   linear_backward(ds, p.pointwise_conv2.weight.grad, p.pointwise_conv2.bias.grad, dpre, saved.s,
@@ -203,7 +150,7 @@ void conformer_conv_backward(T* dx, const ConformerConvSaved<T>& saved, const T*
   T* dg = activation_alloc<T>(ctx, prows * d);
   if (p.causal) {
     T* dfull = activation_alloc<T>(ctx, prows * d);
-    pad_masked_rows(dfull, dc, static_cast<const uint8_t*>(nullptr), batch, time, lpad, d, ctx);
+    masked_crop_rows_backward(dfull, dc, static_cast<const uint8_t*>(nullptr), batch, time, lpad, d, ctx);
     depthwise_conv1d_backward(dg, p.depthwise_weight.grad, p.depthwise_bias.grad, dfull, saved.g,
                               p.depthwise_weight.value, Conv1dPadding::kCausal, batch, padded, d, k, ctx);
   } else {
@@ -218,7 +165,7 @@ void conformer_conv_backward(T* dx, const ConformerConvSaved<T>& saved, const T*
   linear_backward(dxp, p.pointwise_conv1.weight.grad, p.pointwise_conv1.bias.grad, dh1, saved.xp,
                   p.pointwise_conv1.weight.value, prows, d, 2 * d, ctx);
   // 1-2. Drop the left pad; padded input frames were zeroed, so their gradient is 0.
-  if (dx != nullptr) slice_masked_rows(dx, dxp, mask, batch, time, lpad, d, ctx);
+  if (dx != nullptr) masked_pad_rows_backward(dx, dxp, mask, batch, time, lpad, d, ctx);
 }
 
 template ConformerConvParams<float> bind_conformer_conv(ParameterStore<float>*, const std::string&,

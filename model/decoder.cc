@@ -73,12 +73,7 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
   s->self_mask = activation_alloc<uint8_t>(ctx, batch * steps * steps);
   make_decoder_self_attention_mask(s->self_mask, token_lengths, batch, steps, ctx);
   s->src_mask = activation_alloc<uint8_t>(ctx, batch * steps * frames);
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t u = 0; u < steps; ++u) {
-      for (int64_t t = 0; t < frames; ++t)
-        s->src_mask[(b * steps + u) * frames + t] = memory_valid[b * frames + t];
-    }
-  }
+  make_cross_attention_mask(s->src_mask, memory_valid, batch, steps, frames, ctx);
 
   s->layers.assign(p.layers.size(), DecoderLayerSaved<T>{});
   const T* x = s->x;

@@ -6,9 +6,9 @@
 #include <cmath>
 
 #include "core/check.h"
-#include "kernels/cpu/cpu_parallel.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/layout.h"
 #include "kernels/cpu/linear.h"
 
 namespace moeasr {
@@ -30,13 +30,8 @@ void global_cmvn_forward(T* out, const T* x, const GlobalCmvnParams<T>& p, int64
                          const RunContext& ctx) {
   CHECK_GE(rows, 0);
   CHECK_EQ(feat, p.dim) << "global CMVN has " << p.dim << " bins, features have " << feat;
-  const T* mean = p.mean.value;
-  const T* istd = p.istd.value;
-  int threads = cpu_threads_for(ctx, rows * feat);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t f = 0; f < feat; ++f) out[r * feat + f] = (x[r * feat + f] - mean[f]) * istd[f];
-  }
+  cmvn_normalize_forward(out, x, static_cast<const T*>(p.mean.value), static_cast<const T*>(p.istd.value),
+                         rows, feat, ctx);
 }
 
 // ---- Conv2dSubsampling4 -------------------------------------------------------------------------------
@@ -96,20 +91,7 @@ void conv2d_subsampling4_forward(Conv2dSubsampling4Saved<T>* saved, T* out, cons
   relu_forward(saved->r1, saved->r1, batch * d * t2 * f2, ctx);
   // [B, d, T', F'] -> [B, T', d, F'] = [B, T', d * F'] (channel-major columns).
   saved->z = activation_alloc<T>(ctx, batch * t2 * d * f2);
-  {
-    const T* r1 = saved->r1;
-    T* z = saved->z;
-    int threads = cpu_threads_for(ctx, batch * t2 * d * f2);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t bt = 0; bt < batch * t2; ++bt) {
-      const int64_t b = bt / t2;
-      const int64_t t = bt % t2;
-      for (int64_t c = 0; c < d; ++c) {
-        const T* src = r1 + ((b * d + c) * t2 + t) * f2;
-        std::copy(src, src + f2, z + (bt * d + c) * f2);
-      }
-    }
-  }
+  transpose_middle_forward(saved->z, saved->r1, batch, d, t2, f2, ctx);
   linear_forward(out, saved->z, p.out.weight.value, p.out.bias.value, batch * t2, d * f2, d, ctx);
 }
 
@@ -129,18 +111,7 @@ void conv2d_subsampling4_backward(T* dx, const Conv2dSubsampling4Saved<T>& saved
                   d * f2, d, ctx);
   // [B, T', d, F'] -> [B, d, T', F'], then ReLU.
   T* dr1 = activation_alloc<T>(ctx, batch * d * t2 * f2);
-  {
-    int threads = cpu_threads_for(ctx, batch * t2 * d * f2);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t bc = 0; bc < batch * d; ++bc) {
-      const int64_t b = bc / d;
-      const int64_t c = bc % d;
-      for (int64_t t = 0; t < t2; ++t) {
-        const T* src = dz + ((b * t2 + t) * d + c) * f2;
-        std::copy(src, src + f2, dr1 + (bc * t2 + t) * f2);
-      }
-    }
-  }
+  transpose_middle_backward(dr1, dz, batch, d, t2, f2, ctx);
   relu_backward(dr1, dr1, saved.r1, batch * d * t2 * f2, ctx);
   // conv.2, then ReLU.
   T* dr0 = activation_alloc<T>(ctx, batch * d * t1 * f1);
@@ -214,7 +185,7 @@ void rel_positional_encoding_forward(T* out, T* pos_emb, const T* x, const Posit
   const T xscale = static_cast<T>(std::sqrt(static_cast<double>(d)));
   scale_forward(out, x, xscale, n, ctx);
   dropout_inplace(out, rng.site(p.dropout_rate, layer_id, kPosEncSiteX), n, ctx);
-  std::copy(p.table + offset * d, p.table + (offset + time) * d, pos_emb);
+  copy_elements(pos_emb, static_cast<const T*>(p.table + offset * d), time * d, ctx);
   dropout_inplace(pos_emb, rng.site(p.dropout_rate, layer_id, kPosEncSitePosEmb), time * d, ctx);
 }
 
@@ -233,13 +204,7 @@ void positional_encoding_forward(T* out, const T* x, const PositionalEncodingPar
   check_positional_sizes(p, offset, batch, time);
   const int64_t d = p.d_model;
   const T xscale = static_cast<T>(std::sqrt(static_cast<double>(d)));
-  const T* pe = p.table + offset * d;
-  int threads = cpu_threads_for(ctx, batch * time * d);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < batch * time; ++r) {
-    const T* row_pe = pe + (r % time) * d;
-    for (int64_t j = 0; j < d; ++j) out[r * d + j] = x[r * d + j] * xscale + row_pe[j];
-  }
+  scale_add_table_forward(out, x, static_cast<const T*>(p.table + offset * d), xscale, batch, time, d, ctx);
   dropout_inplace(out, rng.site(p.dropout_rate, layer_id, kPosEncSiteX), batch * time * d, ctx);
 }
 

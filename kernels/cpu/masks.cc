@@ -94,4 +94,17 @@ void make_decoder_self_attention_mask(uint8_t* mask, const int32_t* lengths, int
   }
 }
 
+void make_cross_attention_mask(uint8_t* mask, const uint8_t* memory_valid, int64_t batch, int64_t steps,
+                               int64_t frames, const RunContext& ctx) {
+  CHECK_GE(batch, 0);
+  CHECK_GE(steps, 0);
+  CHECK_GE(frames, 0);
+  int threads = cpu_threads_for(ctx, batch * steps * frames);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t row = 0; row < batch * steps; ++row) {
+    const uint8_t* valid = memory_valid + (row / steps) * frames;
+    std::copy(valid, valid + frames, mask + row * frames);
+  }
+}
+
 }  // namespace moeasr

@@ -44,4 +44,10 @@ void make_decoder_self_attention_mask(uint8_t* mask,           // [B, L, L]
                                       const int32_t* lengths,  // [B]
                                       int64_t batch, int64_t length, const RunContext& ctx);
 
+// Decoder source-attention mask (WeNet TransformerDecoder's memory_mask broadcast over the target
+// steps): mask[b, u, t] = memory_valid[b, t] for every target step u.
+void make_cross_attention_mask(uint8_t* mask,                // [B, U, T]
+                               const uint8_t* memory_valid,  // [B, T]
+                               int64_t batch, int64_t steps, int64_t frames, const RunContext& ctx);
+
 }  // namespace moeasr

@@ -172,5 +172,20 @@ TEST(MasksDeathTest, BadArgumentsAbort) {
   EXPECT_DEATH(make_chunk_attention_mask(m.data(), too_long, 2, -1, 1, 5, ctx), "outside");
 }
 
+TEST(Masks, CrossAttentionMaskBroadcastsMemoryValid) {
+  RunContext ctx = testing::cpu_test_context();
+  const int64_t batch = 3, steps = 4, frames = 6;
+  std::vector<uint8_t> valid(batch * frames);
+  for (int64_t i = 0; i < batch * frames; ++i) valid[i] = static_cast<uint8_t>((i * 7 + i / 5) % 3 != 0);
+  std::vector<uint8_t> mask(batch * steps * frames, 7);
+  make_cross_attention_mask(mask.data(), valid.data(), batch, steps, frames, ctx);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t u = 0; u < steps; ++u)
+      for (int64_t f = 0; f < frames; ++f)
+        ASSERT_EQ(mask[(b * steps + u) * frames + f], valid[b * frames + f]) << b << " " << u << " " << f;
+  make_cross_attention_mask(mask.data(), valid.data(), batch, 0, frames, ctx);  // no steps: nothing to do
+  make_cross_attention_mask(mask.data(), valid.data(), 0, steps, frames, ctx);
+}
+
 }  // namespace
 }  // namespace moeasr
