@@ -1,10 +1,12 @@
 // model/ffn.cc — WeNet's PositionwiseFeedForward and MoEFFNLayer (u2pp_moe_wenet.md §2), forward and
-// backward, on the CPU ops of kernels/cpu (linear, elementwise activations, dropout, moe_dispatch).
+// backward, on the CPU ops of kernels/cpu (linear, grouped_linear for the experts, elementwise
+// activations, dropout, moe_dispatch).
 #include "model/ffn.h"
 
 #include "core/check.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/grouped_linear.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/moe_dispatch.h"
 
@@ -196,36 +198,27 @@ void moe_ffn_forward(MoeFfnSaved<T>* saved, T* out, const T* x, const uint8_t* t
   CHECK_EQ(counts.sent_rows, m) << "dispatcher's sent row count";
   const int64_t r = counts.received_rows;
 
-  // Experts: one GEMM per local expert over its contiguous block for w_1, activation and dropout over
-  // all R rows at once, one GEMM per expert for w_2.
+  // Experts: w_1 as one grouped Linear over the local experts' row blocks, activation and dropout
+  // over all R rows at once, w_2 as one grouped Linear.
+  saved->local_offsets = activation_alloc<int64_t>(ctx, p.n_local_experts + 1);
+  saved->local_offsets[0] = 0;
+  for (int64_t e = 0; e < p.n_local_experts; ++e) {
+    CHECK_GE(counts.local_counts[e], 0);
+    saved->local_offsets[e + 1] = saved->local_offsets[e] + counts.local_counts[e];
+  }
+  CHECK_EQ(saved->local_offsets[p.n_local_experts], r) << "per-local-expert counts vs received rows";
   saved->hidden_pre = activation_alloc<T>(ctx, r * f);
   saved->hidden = activation_alloc<T>(ctx, r * f);
   T* local_out = activation_alloc<T>(ctx, r * d);  // [R, D]
-  int64_t row = 0;
-  for (int64_t e = 0; e < p.n_local_experts; ++e) {
-    const int64_t rows = counts.local_counts[e];
-    CHECK_GE(rows, 0);
-    if (rows > 0) {
-      const T* b1 = p.w_1_bias.value != nullptr ? p.w_1_bias.value + e * f : nullptr;
-      linear_forward(saved->hidden_pre + row * f, saved->local_x + row * d, p.w_1_weight.value + e * f * d,
-                     b1, rows, d, f, ctx);
-    }
-    row += rows;
-  }
-  CHECK_EQ(row, r) << "per-local-expert counts vs received rows";
+  grouped_linear_forward(saved->hidden_pre, saved->local_x, p.w_1_weight.value,
+                         static_cast<const T*>(p.w_1_bias.value), saved->local_offsets, r, p.n_local_experts,
+                         d, f, ctx);
   activation_forward(saved->hidden, saved->hidden_pre, p.activation, r * f, ctx);
   DropoutSite site = rng.site(p.dropout_rate, layer_id, site_id);
   if (site.active()) dropout_forward(saved->hidden, saved->hidden, site.stream, site.rate, r * f, ctx);
-  row = 0;
-  for (int64_t e = 0; e < p.n_local_experts; ++e) {
-    const int64_t rows = counts.local_counts[e];
-    if (rows > 0) {
-      const T* b2 = p.w_2_bias.value != nullptr ? p.w_2_bias.value + e * d : nullptr;
-      linear_forward(local_out + row * d, saved->hidden + row * f, p.w_2_weight.value + e * d * f, b2, rows,
-                     f, d, ctx);
-    }
-    row += rows;
-  }
+  grouped_linear_forward(local_out, static_cast<const T*>(saved->hidden), p.w_2_weight.value,
+                         static_cast<const T*>(p.w_2_bias.value), saved->local_offsets, r, p.n_local_experts,
+                         f, d, ctx);
 
   // Back to this rank's permuted order, then out[n] = sum_j w[n, j] * y[dest[n, j]] in slot order.
   dispatcher->combine_forward(&saved->permuted_out, local_out, counts, d, ctx);
@@ -253,31 +246,16 @@ void moe_ffn_backward(T* dx, const MoeFfnSaved<T>& saved, const T* dout, const M
   const T* dlocal_out = nullptr;  // [R, D]
   dispatcher->combine_backward(&dlocal_out, dpermuted_out, counts, d, ctx);
   T* dhidden = activation_alloc<T>(ctx, r * f);  // [R, F]
-  int64_t row = 0;
-  for (int64_t e = 0; e < p.n_local_experts; ++e) {
-    const int64_t rows = counts.local_counts[e];
-    if (rows > 0) {  // an expert without rows gets no gradient (nothing is added)
-      T* db2 = p.w_2_bias.grad != nullptr ? p.w_2_bias.grad + e * d : nullptr;
-      linear_backward(dhidden + row * f, p.w_2_weight.grad + e * d * f, db2, dlocal_out + row * d,
-                      saved.hidden + row * f, p.w_2_weight.value + e * d * f, rows, f, d, ctx);
-    }
-    row += rows;
-  }
-  CHECK_EQ(row, r);
+  grouped_linear_backward(dhidden, p.w_2_weight.grad, p.w_2_bias.grad, dlocal_out,
+                          static_cast<const T*>(saved.hidden), p.w_2_weight.value, saved.local_offsets, r,
+                          p.n_local_experts, f, d, ctx);
   DropoutSite site = rng.site(p.dropout_rate, layer_id, site_id);
   if (site.active()) dropout_backward(dhidden, dhidden, site.stream, site.rate, r * f, ctx);
   activation_backward(dhidden, dhidden, saved.hidden_pre, p.activation, r * f, ctx);
   T* dlocal_x = activation_alloc<T>(ctx, r * d);  // [R, D]
-  row = 0;
-  for (int64_t e = 0; e < p.n_local_experts; ++e) {
-    const int64_t rows = counts.local_counts[e];
-    if (rows > 0) {
-      T* db1 = p.w_1_bias.grad != nullptr ? p.w_1_bias.grad + e * f : nullptr;
-      linear_backward(dlocal_x + row * d, p.w_1_weight.grad + e * f * d, db1, dhidden + row * f,
-                      saved.local_x + row * d, p.w_1_weight.value + e * f * d, rows, d, f, ctx);
-    }
-    row += rows;
-  }
+  grouped_linear_backward(dlocal_x, p.w_1_weight.grad, p.w_1_bias.grad, static_cast<const T*>(dhidden),
+                          saved.local_x, p.w_1_weight.value, saved.local_offsets, r, p.n_local_experts, d, f,
+                          ctx);
   const T* dpermuted = nullptr;  // [M, D]
   dispatcher->dispatch_backward(&dpermuted, dlocal_x, counts, d, ctx);
 

@@ -128,6 +128,7 @@ struct MoeFfnSaved {
   int32_t* dest = nullptr;              // [N, K] permuted row of each pair, -1 for unrouted tokens
   ExpertDispatchCounts dispatch;        // counts of the exchange (R, per-local-expert rows)
   const T* local_x = nullptr;           // [R, D] local experts' input rows (dispatcher-owned/arena)
+  int64_t* local_offsets = nullptr;     // [E_local + 1] first row of each local expert in local_x
   T* hidden_pre = nullptr;              // [R, F] w_1 x + b_1 per expert
   T* hidden = nullptr;                  // [R, F] dropout(act(hidden_pre))
   const T* permuted_out = nullptr;      // [M, D] expert outputs back in this rank's permuted order
