@@ -1,6 +1,6 @@
 // kernels/cuda/masks_cuda.cu — WeNet's attention masks on the GPU (the CUDA twin of
 // kernels/cpu/masks.cc): one grid-stride kernel per mask, one thread per output byte, each byte a pure
-// function of its index, the sizes and lengths[b]. See masks_cuda.h.
+// function of its index, the sizes and lengths[b] (or memory_valid[b, t]). See masks_cuda.h.
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/masks_cuda.h"
 
@@ -64,6 +64,16 @@ __global__ void decoder_mask_kernel(uint8_t* mask, const int32_t* lengths, int64
   }
 }
 
+// mask[b, u, t] = memory_valid[b, t]; idx runs over [B, U, T].
+__global__ void cross_mask_kernel(uint8_t* mask, const uint8_t* memory_valid, int64_t steps, int64_t frames,
+                                  int64_t total) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = idx % frames, b = idx / (steps * frames);
+    mask[idx] = memory_valid[b * frames + t];
+  }
+}
+
 }  // namespace
 
 void make_valid_mask_cuda(uint8_t* mask, const int32_t* lengths, int64_t batch, int64_t max_len,
@@ -120,6 +130,18 @@ void make_decoder_self_attention_mask_cuda(uint8_t* mask, const int32_t* lengths
   if (total == 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(ctx.cuda_stream);
   decoder_mask_kernel<<<blocks_for(total), kThreads, 0, stream>>>(mask, lengths, length, total);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void make_cross_attention_mask_cuda(uint8_t* mask, const uint8_t* memory_valid, int64_t batch, int64_t steps,
+                                    int64_t frames, const RunContext& ctx) {
+  CHECK_GE(batch, 0);
+  CHECK_GE(steps, 0);
+  CHECK_GE(frames, 0);
+  const int64_t total = batch * steps * frames;
+  if (total == 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(ctx.cuda_stream);
+  cross_mask_kernel<<<blocks_for(total), kThreads, 0, stream>>>(mask, memory_valid, steps, frames, total);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,6 +1,6 @@
 // kernels/cuda/masks_cuda.h — the CUDA twin of kernels/cpu/masks.h: WeNet's attention masks
 // (wenet/utils/mask.py) written as uint8 on the device (1 = attend / valid, 0 = masked), from lengths
-// that live in device memory. Each function equals its CPU namesake element for element.
+// (or a validity mask) that live in device memory. Each function equals its CPU namesake element for element.
 // Dims: B batch, T / L padded length. No backward. No host synchronisation.
 //
 // Difference from the CPU op: the CPU op CHECKs 0 <= lengths[b] <= T on the host; here the lengths are
@@ -38,5 +38,11 @@ void make_chunk_attention_mask_cuda(uint8_t* mask,           // [B, L, L] device
 void make_decoder_self_attention_mask_cuda(uint8_t* mask,           // [B, L, L] device
                                            const int32_t* lengths,  // [B] device
                                            int64_t batch, int64_t length, const RunContext& ctx);
+
+// Decoder source-attention mask (memory_mask broadcast over the target steps):
+// mask[b, u, t] = memory_valid[b, t] for every target step u (the byte is copied as is).
+void make_cross_attention_mask_cuda(uint8_t* mask,                // [B, U, T] device
+                                    const uint8_t* memory_valid,  // [B, T] device
+                                    int64_t batch, int64_t steps, int64_t frames, const RunContext& ctx);
 
 }  // namespace moeasr

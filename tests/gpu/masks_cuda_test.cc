@@ -1,6 +1,7 @@
 // tests/gpu/masks_cuda_test.cc — the CUDA mask builders against kernels/cpu/masks.h: exact equality,
 // byte for byte, over odd sizes, lengths 0 and full, L = 0 and 1, full-context and limited-left chunk
-// windows. Outputs are poisoned (0xFF) so an unwritten byte fails. Skips without a GPU (label gpu).
+// windows; the cross-attention mask from prefix (length) and arbitrary memory-validity patterns. Outputs are
+// poisoned (0xFF) so an unwritten byte fails. Skips without a GPU (label gpu).
 #include "kernels/cuda/masks_cuda.h"
 
 #include <gtest/gtest.h>
@@ -126,6 +127,36 @@ TEST(MasksCuda, DecoderSelfAttentionMaskMatchesCpu) {
     make_decoder_self_attention_mask_cuda(d_mask.get(), d_lengths.get(), c.batch, c.length, gpu);
     SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " L=" << c.length);
     expect_equal_masks(d_mask.download(), want, "decoder self-attention mask");
+  }
+}
+
+TEST(MasksCuda, CrossAttentionMaskMatchesCpu) {
+  MOEASR_SKIP_WITHOUT_GPU();
+  RunContext cpu = testing::cpu_test_context(), gpu = testing::gpu_test_context();
+  struct Case {
+    int64_t batch, steps, frames;
+  };
+  for (Case c :
+       {Case{0, 3, 4}, Case{2, 0, 5}, Case{2, 3, 0}, Case{1, 1, 1}, Case{3, 7, 13}, Case{5, 31, 257}}) {
+    // memory_valid as the encoder gives it (a length prefix per sequence), then an arbitrary 0/1 pattern
+    // (the mask is copied byte for byte, not rebuilt from a length).
+    auto lengths = random_lengths(c.batch, c.frames, 3 + c.batch * 101 + c.steps * 7 + c.frames);
+    std::vector<uint8_t> prefix(static_cast<size_t>(c.batch * c.frames));
+    make_valid_mask(prefix.data(), lengths.data(), c.batch, c.frames, cpu);
+    std::vector<uint8_t> scattered(prefix.size());
+    std::mt19937_64 rng(17 + c.frames);
+    for (auto& v : scattered) v = static_cast<uint8_t>(rng() & 1u);
+    for (const auto* memory_valid : {&prefix, &scattered}) {
+      const int64_t size = c.batch * c.steps * c.frames;
+      std::vector<uint8_t> want(static_cast<size_t>(size));
+      make_cross_attention_mask(want.data(), memory_valid->data(), c.batch, c.steps, c.frames, cpu);
+      DeviceBuffer<uint8_t> d_valid(*memory_valid);
+      DeviceBuffer<uint8_t> d_mask(size);
+      make_cross_attention_mask_cuda(d_mask.get(), d_valid.get(), c.batch, c.steps, c.frames, gpu);
+      SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " U=" << c.steps << " T=" << c.frames
+                                        << (memory_valid == &prefix ? " prefix" : " scattered"));
+      expect_equal_masks(d_mask.download(), want, "cross-attention mask");
+    }
   }
 }
 
