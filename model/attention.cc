@@ -7,12 +7,7 @@
 #include <cmath>
 
 #include "core/check.h"
-#include "kernels/cpu/dropout.h"
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/gemm.h"
-#include "kernels/cpu/layout.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/softmax.h"
+#include "kernels/ops.h"
 
 namespace moeasr {
 namespace {
@@ -43,9 +38,9 @@ void project_to_heads(T* heads_out,  // [B, H, T, dk]
                       const LinearRef<T>& lin, const T* head_bias, const AttentionDims& dims, int64_t steps,
                       const RunContext& ctx) {
   T* flat = activation_alloc<T>(ctx, dims.batch * steps * dims.d_model);
-  linear_forward(flat, x, lin.weight.value, lin.bias.value, dims.batch * steps, dims.d_model, dims.d_model,
-                 ctx);
-  split_heads_forward(heads_out, flat, head_bias, dims.batch, steps, dims.heads, dims.d_k, ctx);
+  op::linear_forward(flat, x, lin.weight.value, lin.bias.value, dims.batch * steps, dims.d_model,
+                     dims.d_model, ctx);
+  op::split_heads_forward(heads_out, flat, head_bias, dims.batch, steps, dims.heads, dims.d_k, ctx);
 }
 
 // Backward of project_to_heads (without the head bias, whose gradient the caller reduces).
@@ -56,9 +51,10 @@ void project_to_heads_backward(T* dx,            // [B, T, d] assigned, or null
                                const LinearRef<T>& lin, const AttentionDims& dims, int64_t steps,
                                const RunContext& ctx) {
   T* dflat = activation_alloc<T>(ctx, dims.batch * steps * dims.d_model);
-  split_heads_backward(dflat, static_cast<T*>(nullptr), dheads, dims.batch, steps, dims.heads, dims.d_k, ctx);
-  linear_backward(dx, lin.weight.grad, lin.bias.grad, dflat, x, lin.weight.value, dims.batch * steps,
-                  dims.d_model, dims.d_model, ctx);
+  op::split_heads_backward(dflat, static_cast<T*>(nullptr), dheads, dims.batch, steps, dims.heads, dims.d_k,
+                           ctx);
+  op::linear_backward(dx, lin.weight.grad, lin.bias.grad, dflat, x, lin.weight.value, dims.batch * steps,
+                      dims.d_model, dims.d_model, ctx);
 }
 
 // scores [B, H, Tq, Tk] -> probs -> dropout -> context = probs v -> out = linear_out(context).
@@ -70,20 +66,20 @@ void attend_forward(T* out, T** probs_out, T** probs_dropped_out, T** context_ou
   const int64_t groups = dims.batch * dims.heads;
   const int64_t n_scores = groups * dims.queries * dims.keys;
   T* probs = activation_alloc<T>(ctx, n_scores);
-  attention_softmax_forward(probs, scores, mask, dims.batch, dims.heads, dims.queries, dims.keys, ctx);
+  op::attention_softmax_forward(probs, scores, mask, dims.batch, dims.heads, dims.queries, dims.keys, ctx);
   T* probs_dropped = probs;
   if (site.active()) {
     probs_dropped = scores;  // the scores are dead now; reuse their buffer
-    dropout_forward(probs_dropped, probs, site.stream, site.rate, n_scores, ctx);
+    op::dropout_forward(probs_dropped, probs, site.stream, site.rate, n_scores, ctx);
   }
   T* context_heads = activation_alloc<T>(ctx, groups * dims.queries * dims.d_k);
-  batched_matmul_forward(context_heads, probs_dropped, v_heads, Transpose::kNo, groups, dims.queries,
-                         dims.d_k, dims.keys, ctx);
+  op::batched_matmul_forward(context_heads, probs_dropped, v_heads, Transpose::kNo, groups, dims.queries,
+                             dims.d_k, dims.keys, ctx);
   T* context = activation_alloc<T>(ctx, dims.batch * dims.queries * dims.d_model);
   // [B, H, Tq, dk] -> [B, Tq, H, dk]
-  transpose_middle_forward(context, context_heads, dims.batch, dims.heads, dims.queries, dims.d_k, ctx);
-  linear_forward(out, context, linear_out.weight.value, linear_out.bias.value, dims.batch * dims.queries,
-                 dims.d_model, dims.d_model, ctx);
+  op::transpose_middle_forward(context, context_heads, dims.batch, dims.heads, dims.queries, dims.d_k, ctx);
+  op::linear_forward(out, context, linear_out.weight.value, linear_out.bias.value, dims.batch * dims.queries,
+                     dims.d_model, dims.d_model, ctx);
   *probs_out = probs;
   *probs_dropped_out = probs_dropped;
   *context_out = context;
@@ -98,17 +94,19 @@ void attend_backward(T** dscores_out, T** dv_heads_out, const T* dout, const T* 
   const int64_t groups = dims.batch * dims.heads;
   const int64_t n_scores = groups * dims.queries * dims.keys;
   T* dcontext = activation_alloc<T>(ctx, dims.batch * dims.queries * dims.d_model);
-  linear_backward(dcontext, linear_out.weight.grad, linear_out.bias.grad, dout, context,
-                  linear_out.weight.value, dims.batch * dims.queries, dims.d_model, dims.d_model, ctx);
+  op::linear_backward(dcontext, linear_out.weight.grad, linear_out.bias.grad, dout, context,
+                      linear_out.weight.value, dims.batch * dims.queries, dims.d_model, dims.d_model, ctx);
   T* dcontext_heads = activation_alloc<T>(ctx, groups * dims.queries * dims.d_k);
-  transpose_middle_backward(dcontext_heads, dcontext, dims.batch, dims.heads, dims.queries, dims.d_k, ctx);
+  op::transpose_middle_backward(dcontext_heads, dcontext, dims.batch, dims.heads, dims.queries, dims.d_k,
+                                ctx);
   T* dprobs = activation_alloc<T>(ctx, n_scores);
   T* dv_heads = activation_alloc<T>(ctx, groups * dims.keys * dims.d_k);
-  batched_matmul_backward(dprobs, dv_heads, dcontext_heads, probs_dropped, v_heads, Transpose::kNo, groups,
-                          dims.queries, dims.d_k, dims.keys, ctx);
-  if (site.active()) dropout_backward(dprobs, dprobs, site.stream, site.rate, n_scores, ctx);
+  op::batched_matmul_backward(dprobs, dv_heads, dcontext_heads, probs_dropped, v_heads, Transpose::kNo,
+                              groups, dims.queries, dims.d_k, dims.keys, ctx);
+  if (site.active()) op::dropout_backward(dprobs, dprobs, site.stream, site.rate, n_scores, ctx);
   T* dscores = activation_alloc<T>(ctx, n_scores);
-  attention_softmax_backward(dscores, dprobs, probs, dims.batch, dims.heads, dims.queries, dims.keys, ctx);
+  op::attention_softmax_backward(dscores, dprobs, probs, dims.batch, dims.heads, dims.queries, dims.keys,
+                                 ctx);
   *dscores_out = dscores;
   *dv_heads_out = dv_heads;
 }
@@ -116,27 +114,27 @@ void attend_backward(T** dscores_out, T** dv_heads_out, const T* dout, const T* 
 // c[g] = scale * a[g] @ b[g]^T over g in [0, B*H): a [G, Tq, dk], b [G, Tk, dk], c [G, Tq, Tk].
 template <class T>
 void scores_product(T* c, const T* a, const T* b, T scale, const AttentionDims& dims, const RunContext& ctx) {
-  gemm_strided_batched(c, a, b, Transpose::kNo, Transpose::kYes, dims.queries, dims.keys, dims.d_k, scale,
-                       T(0), dims.d_k, dims.d_k, dims.keys, dims.queries * dims.d_k, dims.keys * dims.d_k,
-                       dims.queries * dims.keys, dims.batch * dims.heads, ctx);
+  op::gemm_strided_batched(c, a, b, Transpose::kNo, Transpose::kYes, dims.queries, dims.keys, dims.d_k, scale,
+                           T(0), dims.d_k, dims.d_k, dims.keys, dims.queries * dims.d_k, dims.keys * dims.d_k,
+                           dims.queries * dims.keys, dims.batch * dims.heads, ctx);
 }
 
 // da[g] = scale * dscores[g] @ b[g]: [Tq, Tk] @ [Tk, dk].
 template <class T>
 void scores_backward_query(T* da, const T* dscores, const T* b, T scale, const AttentionDims& dims,
                            const RunContext& ctx) {
-  gemm_strided_batched(da, dscores, b, Transpose::kNo, Transpose::kNo, dims.queries, dims.d_k, dims.keys,
-                       scale, T(0), dims.keys, dims.d_k, dims.d_k, dims.queries * dims.keys,
-                       dims.keys * dims.d_k, dims.queries * dims.d_k, dims.batch * dims.heads, ctx);
+  op::gemm_strided_batched(da, dscores, b, Transpose::kNo, Transpose::kNo, dims.queries, dims.d_k, dims.keys,
+                           scale, T(0), dims.keys, dims.d_k, dims.d_k, dims.queries * dims.keys,
+                           dims.keys * dims.d_k, dims.queries * dims.d_k, dims.batch * dims.heads, ctx);
 }
 
 // db[g] = scale * dscores[g]^T @ a[g]: [Tk, Tq] @ [Tq, dk].
 template <class T>
 void scores_backward_key(T* db, const T* dscores, const T* a, T scale, const AttentionDims& dims,
                          const RunContext& ctx) {
-  gemm_strided_batched(db, dscores, a, Transpose::kYes, Transpose::kNo, dims.keys, dims.d_k, dims.queries,
-                       scale, T(0), dims.keys, dims.d_k, dims.d_k, dims.queries * dims.keys,
-                       dims.queries * dims.d_k, dims.keys * dims.d_k, dims.batch * dims.heads, ctx);
+  op::gemm_strided_batched(db, dscores, a, Transpose::kYes, Transpose::kNo, dims.keys, dims.d_k, dims.queries,
+                           scale, T(0), dims.keys, dims.d_k, dims.d_k, dims.queries * dims.keys,
+                           dims.queries * dims.d_k, dims.keys * dims.d_k, dims.batch * dims.heads, ctx);
 }
 
 template <class T>
@@ -245,34 +243,34 @@ void rel_position_attention_forward(RelPositionAttentionSaved<T>* saved, T* out,
   saved->dropout = rng.site(dropout_rate, layer_id, site_id);
   // q + u and q + v_b straight from the projected query ([H, dk] flattened is the feature index).
   T* q_flat = activation_alloc<T>(ctx, batch * queries * d_model);
-  linear_forward(q_flat, query, p.linear_q.weight.value, p.linear_q.bias.value, batch * queries, d_model,
-                 d_model, ctx);
+  op::linear_forward(q_flat, query, p.linear_q.weight.value, p.linear_q.bias.value, batch * queries, d_model,
+                     d_model, ctx);
   saved->q_u = activation_alloc<T>(ctx, groups * queries * dims.d_k);
   saved->q_v = activation_alloc<T>(ctx, groups * queries * dims.d_k);
-  split_heads_forward(saved->q_u, q_flat, static_cast<const T*>(p.pos_bias_u.value), batch, queries, heads,
-                      dims.d_k, ctx);
-  split_heads_forward(saved->q_v, q_flat, static_cast<const T*>(p.pos_bias_v.value), batch, queries, heads,
-                      dims.d_k, ctx);
+  op::split_heads_forward(saved->q_u, q_flat, static_cast<const T*>(p.pos_bias_u.value), batch, queries,
+                          heads, dims.d_k, ctx);
+  op::split_heads_forward(saved->q_v, q_flat, static_cast<const T*>(p.pos_bias_v.value), batch, queries,
+                          heads, dims.d_k, ctx);
   saved->k = activation_alloc<T>(ctx, groups * keys * dims.d_k);
   saved->v = activation_alloc<T>(ctx, groups * keys * dims.d_k);
   project_to_heads(saved->k, key, p.linear_k, static_cast<const T*>(nullptr), dims, keys, ctx);
   project_to_heads(saved->v, value, p.linear_v, static_cast<const T*>(nullptr), dims, keys, ctx);
   // p = linear_pos(pos_emb) as [H, Tk, dk]: a batch of one.
   T* p_flat = activation_alloc<T>(ctx, keys * d_model);
-  linear_forward(p_flat, pos_emb, p.linear_pos.weight.value, static_cast<const T*>(nullptr), keys, d_model,
-                 d_model, ctx);
+  op::linear_forward(p_flat, pos_emb, p.linear_pos.weight.value, static_cast<const T*>(nullptr), keys,
+                     d_model, d_model, ctx);
   saved->p = activation_alloc<T>(ctx, heads * keys * dims.d_k);
-  split_heads_forward(saved->p, p_flat, static_cast<const T*>(nullptr), 1, keys, heads, dims.d_k, ctx);
+  op::split_heads_forward(saved->p, p_flat, static_cast<const T*>(nullptr), 1, keys, heads, dims.d_k, ctx);
 
   const T scale = score_scale<T>(dims);
   T* scores = activation_alloc<T>(ctx, groups * queries * keys);
   scores_product(scores, saved->q_u, saved->k, scale, dims, ctx);  // matrix_ac
   // matrix_bd: the same p for every batch element, so one batch-of-heads GEMM per utterance.
   for (int64_t b = 0; b < batch; ++b) {
-    gemm_strided_batched(scores + b * heads * queries * keys, saved->q_v + b * heads * queries * dims.d_k,
-                         saved->p, Transpose::kNo, Transpose::kYes, queries, keys, dims.d_k, scale, T(1),
-                         dims.d_k, dims.d_k, keys, queries * dims.d_k, keys * dims.d_k, queries * keys, heads,
-                         ctx);
+    op::gemm_strided_batched(scores + b * heads * queries * keys, saved->q_v + b * heads * queries * dims.d_k,
+                             saved->p, Transpose::kNo, Transpose::kYes, queries, keys, dims.d_k, scale, T(1),
+                             dims.d_k, dims.d_k, keys, queries * dims.d_k, keys * dims.d_k, queries * keys,
+                             heads, ctx);
   }
   attend_forward(out, &saved->probs, &saved->probs_dropped, &saved->context, scores, saved->v, mask,
                  p.linear_out, saved->dropout, dims, ctx);
@@ -301,32 +299,33 @@ void rel_position_attention_backward(T* dquery, T* dkey, T* dvalue, T* dpos_emb,
   T* dp_heads = activation_alloc<T>(ctx, heads * keys * dims.d_k);
   for (int64_t b = 0; b < batch; ++b) {
     const T* ds = dscores + b * heads * queries * keys;
-    gemm_strided_batched(dq_v + b * heads * queries * dims.d_k, ds, saved.p, Transpose::kNo, Transpose::kNo,
-                         queries, dims.d_k, keys, scale, T(0), keys, dims.d_k, dims.d_k, queries * keys,
-                         keys * dims.d_k, queries * dims.d_k, heads, ctx);
-    gemm_strided_batched(dp_heads, ds, saved.q_v + b * heads * queries * dims.d_k, Transpose::kYes,
-                         Transpose::kNo, keys, dims.d_k, queries, scale, b == 0 ? T(0) : T(1), keys, dims.d_k,
-                         dims.d_k, queries * keys, queries * dims.d_k, keys * dims.d_k, heads, ctx);
+    op::gemm_strided_batched(dq_v + b * heads * queries * dims.d_k, ds, saved.p, Transpose::kNo,
+                             Transpose::kNo, queries, dims.d_k, keys, scale, T(0), keys, dims.d_k, dims.d_k,
+                             queries * keys, keys * dims.d_k, queries * dims.d_k, heads, ctx);
+    op::gemm_strided_batched(dp_heads, ds, saved.q_v + b * heads * queries * dims.d_k, Transpose::kYes,
+                             Transpose::kNo, keys, dims.d_k, queries, scale, b == 0 ? T(0) : T(1), keys,
+                             dims.d_k, dims.d_k, queries * keys, queries * dims.d_k, keys * dims.d_k, heads,
+                             ctx);
   }
-  if (batch == 0) fill_constant(dp_heads, T(0), heads * keys * dims.d_k, ctx);
+  if (batch == 0) op::fill_constant(dp_heads, T(0), heads * keys * dims.d_k, ctx);
   if (p.pos_bias_u.grad != nullptr) {
-    split_heads_backward(static_cast<T*>(nullptr), p.pos_bias_u.grad, dq_u, batch, queries, heads, dims.d_k,
-                         ctx);
+    op::split_heads_backward(static_cast<T*>(nullptr), p.pos_bias_u.grad, dq_u, batch, queries, heads,
+                             dims.d_k, ctx);
   }
   if (p.pos_bias_v.grad != nullptr) {
-    split_heads_backward(static_cast<T*>(nullptr), p.pos_bias_v.grad, dq_v, batch, queries, heads, dims.d_k,
-                         ctx);
+    op::split_heads_backward(static_cast<T*>(nullptr), p.pos_bias_v.grad, dq_v, batch, queries, heads,
+                             dims.d_k, ctx);
   }
   // dq = d(q + u) + d(q + v_b), into dq_u.
-  add_scaled_inplace(dq_u, dq_v, T(1), n_q, ctx);
+  op::add_scaled_inplace(dq_u, dq_v, T(1), n_q, ctx);
   project_to_heads_backward(dquery, dq_u, saved.query, p.linear_q, dims, queries, ctx);
   project_to_heads_backward(dkey, dk_heads, saved.key, p.linear_k, dims, keys, ctx);
   project_to_heads_backward(dvalue, dv_heads, saved.value, p.linear_v, dims, keys, ctx);
   // linear_pos: a batch of one over the Tk rows of pos_emb.
   T* dp_flat = activation_alloc<T>(ctx, keys * d_model);
-  split_heads_backward(dp_flat, static_cast<T*>(nullptr), dp_heads, 1, keys, heads, dims.d_k, ctx);
-  linear_backward(dpos_emb, p.linear_pos.weight.grad, static_cast<T*>(nullptr), dp_flat, saved.pos_emb,
-                  p.linear_pos.weight.value, keys, d_model, d_model, ctx);
+  op::split_heads_backward(dp_flat, static_cast<T*>(nullptr), dp_heads, 1, keys, heads, dims.d_k, ctx);
+  op::linear_backward(dpos_emb, p.linear_pos.weight.grad, static_cast<T*>(nullptr), dp_flat, saved.pos_emb,
+                      p.linear_pos.weight.value, keys, d_model, d_model, ctx);
 }
 
 #define MOEASR_INSTANTIATE_ATTENTION(T)                                                                      \

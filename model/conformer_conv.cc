@@ -2,11 +2,7 @@
 #include "model/conformer_conv.h"
 
 #include "core/check.h"
-#include "kernels/cpu/conv.h"
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/layout.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/norm.h"
+#include "kernels/ops.h"
 
 namespace moeasr {
 
@@ -62,25 +58,26 @@ void conformer_conv_forward(ConformerConvSaved<T>* saved, T* out, const T* x, co
 
   // 1-2. Zero the padded frames; causal: K-1 zero frames of the input on the left.
   saved->xp = activation_alloc<T>(ctx, prows * d);
-  masked_pad_rows_forward(saved->xp, x, mask, batch, time, lpad, d, ctx);
+  op::masked_pad_rows_forward(saved->xp, x, mask, batch, time, lpad, d, ctx);
   // 3-4. pointwise_conv1 and GLU over the (padded) length.
   saved->h1 = activation_alloc<T>(ctx, prows * 2 * d);
-  linear_forward(saved->h1, saved->xp, p.pointwise_conv1.weight.value, p.pointwise_conv1.bias.value, prows, d,
-                 2 * d, ctx);
+  op::linear_forward(saved->h1, saved->xp, p.pointwise_conv1.weight.value, p.pointwise_conv1.bias.value,
+                     prows, d, 2 * d, ctx);
   saved->g = activation_alloc<T>(ctx, prows * d);
-  glu_forward(saved->g, saved->h1, prows, d, ctx);
+  op::glu_forward(saved->g, saved->h1, prows, d, ctx);
   // 5. Depthwise conv: causal = 'valid' over the pre-padded sequence. The causal op on the padded
   // sequence computes y[tp] = sum_j w[j] g[tp + j - (K-1)]; for tp >= K-1 every tap is inside, so
   // its last T frames are exactly the valid convolution. Symmetric: the op's own zero padding.
   saved->c = activation_alloc<T>(ctx, rows * d);
   if (p.causal) {
     T* full = activation_alloc<T>(ctx, prows * d);
-    depthwise_conv1d_forward(full, saved->g, p.depthwise_weight.value, p.depthwise_bias.value,
-                             Conv1dPadding::kCausal, batch, padded, d, k, ctx);
-    masked_crop_rows_forward(saved->c, full, static_cast<const uint8_t*>(nullptr), batch, time, lpad, d, ctx);
+    op::depthwise_conv1d_forward(full, saved->g, p.depthwise_weight.value, p.depthwise_bias.value,
+                                 Conv1dPadding::kCausal, batch, padded, d, k, ctx);
+    op::masked_crop_rows_forward(saved->c, full, static_cast<const uint8_t*>(nullptr), batch, time, lpad, d,
+                                 ctx);
   } else {
-    depthwise_conv1d_forward(saved->c, saved->g, p.depthwise_weight.value, p.depthwise_bias.value,
-                             Conv1dPadding::kSymmetric, batch, time, d, k, ctx);
+    op::depthwise_conv1d_forward(saved->c, saved->g, p.depthwise_weight.value, p.depthwise_bias.value,
+                                 Conv1dPadding::kSymmetric, batch, time, d, k, ctx);
   }
   // 6. Norm.
   saved->n = activation_alloc<T>(ctx, rows * d);
@@ -88,27 +85,27 @@ void conformer_conv_forward(ConformerConvSaved<T>* saved, T* out, const T* x, co
   if (p.norm_type == ConvNormType::kLayerNorm) {
     saved->stat_a = activation_alloc<T>(ctx, rows);
     saved->stat_b = activation_alloc<T>(ctx, rows);
-    layer_norm_forward(saved->n, saved->stat_a, saved->stat_b, saved->c, p.norm.weight.value,
-                       p.norm.bias.value, eps, rows, d, ctx);
+    op::layer_norm_forward(saved->n, saved->stat_a, saved->stat_b, saved->c, p.norm.weight.value,
+                           p.norm.bias.value, eps, rows, d, ctx);
   } else if (training) {
     saved->stat_a = activation_alloc<T>(ctx, d);
     saved->stat_b = activation_alloc<T>(ctx, d);
-    batch_norm_train_forward(saved->n, saved->stat_a, saved->stat_b, p.running_mean.value,
-                             p.running_var.value, saved->c, p.norm.weight.value, p.norm.bias.value,
-                             static_cast<T>(p.bn_momentum), eps, rows, d, ctx);
+    op::batch_norm_train_forward(saved->n, saved->stat_a, saved->stat_b, p.running_mean.value,
+                                 p.running_var.value, saved->c, p.norm.weight.value, p.norm.bias.value,
+                                 static_cast<T>(p.bn_momentum), eps, rows, d, ctx);
   } else {
     CHECK(p.running_mean.value != nullptr && p.running_var.value != nullptr)
         << "BatchNorm eval needs running statistics";
-    batch_norm_eval_forward(saved->n, saved->c, p.running_mean.value, p.running_var.value,
-                            p.norm.weight.value, p.norm.bias.value, eps, rows, d, ctx);
+    op::batch_norm_eval_forward(saved->n, saved->c, p.running_mean.value, p.running_var.value,
+                                p.norm.weight.value, p.norm.bias.value, eps, rows, d, ctx);
   }
   // 7. Swish.
   saved->s = activation_alloc<T>(ctx, rows * d);
-  silu_forward(saved->s, saved->n, rows * d, ctx);
+  op::silu_forward(saved->s, saved->n, rows * d, ctx);
   // 8-9. pointwise_conv2, then zero the padded frames.
-  linear_forward(out, saved->s, p.pointwise_conv2.weight.value, p.pointwise_conv2.bias.value, rows, d, d,
-                 ctx);
-  if (mask != nullptr) masked_crop_rows_forward(out, out, mask, batch, time, 0, d, ctx);  // in place
+  op::linear_forward(out, saved->s, p.pointwise_conv2.weight.value, p.pointwise_conv2.bias.value, rows, d, d,
+                     ctx);
+  if (mask != nullptr) op::masked_crop_rows_forward(out, out, mask, batch, time, 0, d, ctx);  // in place
 }
 
 template <class T>
@@ -126,46 +123,47 @@ void conformer_conv_backward(T* dx, const ConformerConvSaved<T>& saved, const T*
 
   // 9. Padded output frames were overwritten with 0: no gradient flows through them.
   T* dpre = activation_alloc<T>(ctx, rows * d);
-  masked_crop_rows_backward(dpre, dout, mask, batch, time, 0, d, ctx);
+  op::masked_crop_rows_backward(dpre, dout, mask, batch, time, 0, d, ctx);
   // 8. pointwise_conv2.
   T* ds = activation_alloc<T>(ctx, rows * d);
-  linear_backward(ds, p.pointwise_conv2.weight.grad, p.pointwise_conv2.bias.grad, dpre, saved.s,
-                  p.pointwise_conv2.weight.value, rows, d, d, ctx);
+  op::linear_backward(ds, p.pointwise_conv2.weight.grad, p.pointwise_conv2.bias.grad, dpre, saved.s,
+                      p.pointwise_conv2.weight.value, rows, d, d, ctx);
   // 7. Swish (in place: dn in ds).
-  silu_backward(ds, ds, saved.n, rows * d, ctx);
+  op::silu_backward(ds, ds, saved.n, rows * d, ctx);
   // 6. Norm.
   T* dc = dpre;  // dpre is dead; reuse it for dc
   if (p.norm_type == ConvNormType::kLayerNorm) {
-    layer_norm_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, saved.stat_a, saved.stat_b,
-                        p.norm.weight.value, rows, d, ctx);
+    op::layer_norm_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, saved.stat_a, saved.stat_b,
+                            p.norm.weight.value, rows, d, ctx);
   } else if (saved.training) {
-    batch_norm_train_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, saved.stat_a,
-                              saved.stat_b, p.norm.weight.value, rows, d, ctx);
+    op::batch_norm_train_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, saved.stat_a,
+                                  saved.stat_b, p.norm.weight.value, rows, d, ctx);
   } else {
-    batch_norm_eval_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, p.running_mean.value,
-                             p.running_var.value, p.norm.weight.value, static_cast<T>(p.norm.eps), rows, d,
-                             ctx);
+    op::batch_norm_eval_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, p.running_mean.value,
+                                 p.running_var.value, p.norm.weight.value, static_cast<T>(p.norm.eps), rows,
+                                 d, ctx);
   }
   // 5. Depthwise conv (causal: the gradient of the K-1 discarded leading outputs is 0).
   T* dg = activation_alloc<T>(ctx, prows * d);
   if (p.causal) {
     T* dfull = activation_alloc<T>(ctx, prows * d);
-    masked_crop_rows_backward(dfull, dc, static_cast<const uint8_t*>(nullptr), batch, time, lpad, d, ctx);
-    depthwise_conv1d_backward(dg, p.depthwise_weight.grad, p.depthwise_bias.grad, dfull, saved.g,
-                              p.depthwise_weight.value, Conv1dPadding::kCausal, batch, padded, d, k, ctx);
+    op::masked_crop_rows_backward(dfull, dc, static_cast<const uint8_t*>(nullptr), batch, time, lpad, d, ctx);
+    op::depthwise_conv1d_backward(dg, p.depthwise_weight.grad, p.depthwise_bias.grad, dfull, saved.g,
+                                  p.depthwise_weight.value, Conv1dPadding::kCausal, batch, padded, d, k, ctx);
   } else {
-    depthwise_conv1d_backward(dg, p.depthwise_weight.grad, p.depthwise_bias.grad, dc, saved.g,
-                              p.depthwise_weight.value, Conv1dPadding::kSymmetric, batch, time, d, k, ctx);
+    op::depthwise_conv1d_backward(dg, p.depthwise_weight.grad, p.depthwise_bias.grad, dc, saved.g,
+                                  p.depthwise_weight.value, Conv1dPadding::kSymmetric, batch, time, d, k,
+                                  ctx);
   }
   // 4. GLU.
   T* dh1 = activation_alloc<T>(ctx, prows * 2 * d);
-  glu_backward(dh1, dg, saved.h1, prows, d, ctx);
+  op::glu_backward(dh1, dg, saved.h1, prows, d, ctx);
   // 3. pointwise_conv1 over the padded length (the pad frames feed the bias gradient too).
   T* dxp = dg;  // dg is dead; same size [B, Tp, d]
-  linear_backward(dxp, p.pointwise_conv1.weight.grad, p.pointwise_conv1.bias.grad, dh1, saved.xp,
-                  p.pointwise_conv1.weight.value, prows, d, 2 * d, ctx);
+  op::linear_backward(dxp, p.pointwise_conv1.weight.grad, p.pointwise_conv1.bias.grad, dh1, saved.xp,
+                      p.pointwise_conv1.weight.value, prows, d, 2 * d, ctx);
   // 1-2. Drop the left pad; padded input frames were zeroed, so their gradient is 0.
-  if (dx != nullptr) masked_pad_rows_backward(dx, dxp, mask, batch, time, lpad, d, ctx);
+  if (dx != nullptr) op::masked_pad_rows_backward(dx, dxp, mask, batch, time, lpad, d, ctx);
 }
 
 template ConformerConvParams<float> bind_conformer_conv(ParameterStore<float>*, const std::string&,

@@ -1,11 +1,7 @@
 // model/decoder.cc — Transformer decoder forward and backward (see decoder.h).
 #include "model/decoder.h"
 
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/masks.h"
-#include "kernels/cpu/norm.h"
+#include "kernels/ops.h"
 #include "model/layer_helpers.h"
 
 namespace moeasr {
@@ -64,16 +60,16 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
   s->memory = memory;
 
   s->embedded = activation_alloc<T>(ctx, nd);
-  embedding_forward(s->embedded, tokens, p.embed.value, n, p.vocab, d, ctx);
+  op::embedding_forward(s->embedded, tokens, p.embed.value, n, p.vocab, d, ctx);
   s->x = activation_alloc<T>(ctx, nd);
   positional_encoding_forward(s->x, s->embedded, p.pos_enc, 0, batch, steps, p.layer_id_base - 1, rng, ctx);
 
   s->valid = activation_alloc<uint8_t>(ctx, n);
-  make_valid_mask(s->valid, token_lengths, batch, steps, ctx);
+  op::make_valid_mask(s->valid, token_lengths, batch, steps, ctx);
   s->self_mask = activation_alloc<uint8_t>(ctx, batch * steps * steps);
-  make_decoder_self_attention_mask(s->self_mask, token_lengths, batch, steps, ctx);
+  op::make_decoder_self_attention_mask(s->self_mask, token_lengths, batch, steps, ctx);
   s->src_mask = activation_alloc<uint8_t>(ctx, batch * steps * frames);
-  make_cross_attention_mask(s->src_mask, memory_valid, batch, steps, frames, ctx);
+  op::make_cross_attention_mask(s->src_mask, memory_valid, batch, steps, frames, ctx);
 
   s->layers.assign(p.layers.size(), DecoderLayerSaved<T>{});
   const T* x = s->x;
@@ -92,7 +88,7 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
                                  layer_id, kSelfAttentionDropoutSite, rng, ctx);
     branch_dropout_forward(ls.s, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn), ctx);
     ls.x1 = alloc();
-    residual_add_forward(ls.x1, x, ls.s, T(1), nd, ctx);
+    op::residual_add_forward(ls.x1, x, ls.s, T(1), nd, ctx);
 
     ls.a2 = alloc();
     layer_norm_ref_forward(ls.a2, ls.stats + 2 * n, ls.stats + 3 * n, ls.x1, l.norm2, n, ctx);
@@ -102,7 +98,7 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
                                  layer_id, kSrcAttentionDropoutSite, rng, ctx);
     branch_dropout_forward(ls.c, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSrcAttn), ctx);
     ls.x2 = alloc();
-    residual_add_forward(ls.x2, ls.x1, ls.c, T(1), nd, ctx);
+    op::residual_add_forward(ls.x2, ls.x1, ls.c, T(1), nd, ctx);
 
     ls.a3 = alloc();
     layer_norm_ref_forward(ls.a3, ls.stats + 4 * n, ls.stats + 5 * n, ls.x2, l.norm3, n, ctx);
@@ -111,7 +107,7 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
                          kSiteInsideFf, rng, ctx);
     branch_dropout_forward(ls.f, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterFf), ctx);
     ls.x3 = alloc();
-    residual_add_forward(ls.x3, ls.x2, ls.f, T(1), nd, ctx);
+    op::residual_add_forward(ls.x3, ls.x2, ls.f, T(1), nd, ctx);
     x = ls.x3;
   }
   s->before_norm = const_cast<T*>(x);
@@ -119,8 +115,8 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
   s->normed = activation_alloc<T>(ctx, nd);
   layer_norm_ref_forward(s->normed, s->norm_stats, s->norm_stats + n, x, p.after_norm, n, ctx);
   s->logits = activation_alloc<T>(ctx, n * p.vocab);
-  linear_forward(s->logits, s->normed, p.output_layer.weight.value, p.output_layer.bias.value, n, d, p.vocab,
-                 ctx);
+  op::linear_forward(s->logits, s->normed, p.output_layer.weight.value, p.output_layer.bias.value, n, d,
+                     p.vocab, ctx);
 }
 
 template <class T>
@@ -129,11 +125,11 @@ void decoder_backward(T* dmemory, const DecoderSaved<T>& s, const T* dlogits, co
   const int64_t d = p.d_model, n = s.batch * s.steps, nd = n * d, md = s.batch * s.frames * d;
   const DecoderConfig& cfg = p.config;
   T* dnormed = activation_alloc<T>(ctx, nd);
-  linear_backward(dnormed, p.output_layer.weight.grad, p.output_layer.bias.grad, dlogits, s.normed,
-                  p.output_layer.weight.value, n, d, p.vocab, ctx);
+  op::linear_backward(dnormed, p.output_layer.weight.grad, p.output_layer.bias.grad, dlogits, s.normed,
+                      p.output_layer.weight.value, n, d, p.vocab, ctx);
   T* dx = activation_alloc<T>(ctx, nd);
-  layer_norm_backward(dx, p.after_norm.weight.grad, p.after_norm.bias.grad, dnormed, s.before_norm,
-                      s.norm_stats, s.norm_stats + n, p.after_norm.weight.value, n, d, ctx);
+  op::layer_norm_backward(dx, p.after_norm.weight.grad, p.after_norm.bias.grad, dnormed, s.before_norm,
+                          s.norm_stats, s.norm_stats + n, p.after_norm.weight.value, n, d, ctx);
   T* dbranch = activation_alloc<T>(ctx, nd);
   T* da = activation_alloc<T>(ctx, nd);
   T* dk = activation_alloc<T>(ctx, nd);
@@ -154,21 +150,21 @@ void decoder_backward(T* dmemory, const DecoderSaved<T>& s, const T* dlogits, co
                             ctx);
     multi_head_attention_backward(da, dmem_k, dmem_v, ls.src_attn, dbranch, l.src_attn, s.batch, s.steps,
                                   s.frames, d, cfg.attention_heads, ctx);
-    add_scaled_inplace(dmemory, dmem_k, T(1), md, ctx);
-    add_scaled_inplace(dmemory, dmem_v, T(1), md, ctx);
+    op::add_scaled_inplace(dmemory, dmem_k, T(1), md, ctx);
+    op::add_scaled_inplace(dmemory, dmem_v, T(1), md, ctx);
     layer_norm_ref_backward_add(dx, da, ls.x1, ls.stats + 2 * n, ls.stats + 3 * n, l.norm2, n, ctx);
     // x1 = x0 + drop(self_attn(norm1(x0)))
     branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn),
                             ctx);
     multi_head_attention_backward(da, dk, dv, ls.self_attn, dbranch, l.self_attn, s.batch, s.steps, s.steps,
                                   d, cfg.attention_heads, ctx);
-    add_scaled_inplace(da, dk, T(1), nd, ctx);
-    add_scaled_inplace(da, dv, T(1), nd, ctx);
+    op::add_scaled_inplace(da, dk, T(1), nd, ctx);
+    op::add_scaled_inplace(da, dv, T(1), nd, ctx);
     layer_norm_ref_backward_add(dx, da, ls.x0, ls.stats, ls.stats + n, l.norm1, n, ctx);
   }
   T* demb = activation_alloc<T>(ctx, nd);
   positional_encoding_backward(demb, dx, p.pos_enc, s.batch, s.steps, p.layer_id_base - 1, rng, ctx);
-  embedding_backward(p.embed.grad, demb, s.tokens, n, p.vocab, d, ctx);
+  op::embedding_backward(p.embed.grad, demb, s.tokens, n, p.vocab, d, ctx);
 }
 
 #define MOEASR_INSTANTIATE_DECODER(T)                                                                      \

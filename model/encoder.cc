@@ -7,9 +7,7 @@
 #include <cstring>
 #include <string>
 
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/masks.h"
-#include "kernels/cpu/norm.h"
+#include "kernels/ops.h"
 #include "model/layer_helpers.h"
 
 namespace moeasr {
@@ -61,7 +59,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
                        kSiteInsideFfMacaron, rng, ctx);
   branch_dropout_forward(s->f1, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFfMacaron), ctx);
   s->x1 = alloc();
-  residual_add_forward(s->x1, x0, s->f1, T(0.5), nd, ctx);
+  op::residual_add_forward(s->x1, x0, s->f1, T(0.5), nd, ctx);
 
   // Relative-position self-attention.
   s->a2 = alloc();
@@ -72,7 +70,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
                                  kSelfAttentionDropoutSite, rng, ctx);
   branch_dropout_forward(s->m, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterAttention), ctx);
   s->x2 = alloc();
-  residual_add_forward(s->x2, s->x1, s->m, T(1), nd, ctx);
+  op::residual_add_forward(s->x2, s->x1, s->m, T(1), nd, ctx);
 
   // Convolution module.
   s->a3 = alloc();
@@ -81,7 +79,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
   conformer_conv_forward(&s->conv, s->c, s->a3, valid, p.conv_module, batch, length, training, ctx);
   branch_dropout_forward(s->c, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterConv), ctx);
   s->x3 = alloc();
-  residual_add_forward(s->x3, s->x2, s->c, T(1), nd, ctx);
+  op::residual_add_forward(s->x3, s->x2, s->c, T(1), nd, ctx);
 
   // Second FFN, half step.
   s->a4 = alloc();
@@ -91,7 +89,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
                        rng, ctx);
   branch_dropout_forward(s->f2, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFf), ctx);
   s->x4 = alloc();
-  residual_add_forward(s->x4, s->x3, s->f2, T(0.5), nd, ctx);
+  op::residual_add_forward(s->x4, s->x3, s->f2, T(0.5), nd, ctx);
 
   layer_norm_ref_forward(out, st + 8 * n, st + 9 * n, s->x4, p.norm_final, n, ctx);
 }
@@ -107,8 +105,8 @@ void conformer_layer_backward(T* dx0, const ConformerLayerSaved<T>& s, const T* 
 
   // The trunk gradient dx, updated in place from x4 back to x0.
   T* dx = dx0;
-  layer_norm_backward(dx, p.norm_final.weight.grad, p.norm_final.bias.grad, dout, s.x4, st + 8 * n,
-                      st + 9 * n, p.norm_final.weight.value, n, d, ctx);
+  op::layer_norm_backward(dx, p.norm_final.weight.grad, p.norm_final.bias.grad, dout, s.x4, st + 8 * n,
+                          st + 9 * n, p.norm_final.weight.value, n, d, ctx);
 
   T* dbranch = alloc();
   T* da = alloc();
@@ -129,8 +127,8 @@ void conformer_layer_backward(T* dx0, const ConformerLayerSaved<T>& s, const T* 
   T* dv = alloc();
   rel_position_attention_backward(da, dk, dv, static_cast<T*>(nullptr), s.attn, dbranch, p.self_attn, batch,
                                   length, length, d, enc.attention_heads, ctx);
-  add_scaled_inplace(da, dk, T(1), nd, ctx);
-  add_scaled_inplace(da, dv, T(1), nd, ctx);
+  op::add_scaled_inplace(da, dk, T(1), nd, ctx);
+  op::add_scaled_inplace(da, dv, T(1), nd, ctx);
   layer_norm_ref_backward_add(dx, da, s.x1, st + 2 * n, st + 3 * n, p.norm_mha, n, ctx);
 
   // x1 = x0 + 0.5 * drop(ffn_mac(LN(x0)))
@@ -190,10 +188,10 @@ void encoder_forward(EncoderSaved<T>* s, const T* feats, const int32_t* feat_len
                                   kEncoderEmbedLayerId, rng, ctx);
 
   s->valid = activation_alloc<uint8_t>(ctx, n);
-  make_valid_mask(s->valid, s->lengths, batch, length, ctx);
+  op::make_valid_mask(s->valid, s->lengths, batch, length, ctx);
   s->attn_mask = activation_alloc<uint8_t>(ctx, batch * length * length);
   int64_t chunk = chunk_size <= 0 || chunk_size > length ? length : chunk_size;
-  make_chunk_attention_mask(s->attn_mask, s->lengths, chunk, num_left_chunks, batch, length, ctx);
+  op::make_chunk_attention_mask(s->attn_mask, s->lengths, chunk, num_left_chunks, batch, length, ctx);
 
   s->layers.assign(p.layers.size(), ConformerLayerSaved<T>{});
   const T* x = s->pos_x;
@@ -214,8 +212,8 @@ void encoder_backward(const EncoderSaved<T>& s, const T* dout, const EncoderPara
                       ExpertDispatcher<T>* dispatcher, const StepRng& rng, const RunContext& ctx) {
   const int64_t d = p.d_model, n = s.batch * s.length, nd = n * d;
   T* dcur = activation_alloc<T>(ctx, nd);
-  layer_norm_backward(dcur, p.after_norm.weight.grad, p.after_norm.bias.grad, dout, s.before_norm,
-                      s.after_norm_stats, s.after_norm_stats + n, p.after_norm.weight.value, n, d, ctx);
+  op::layer_norm_backward(dcur, p.after_norm.weight.grad, p.after_norm.bias.grad, dout, s.before_norm,
+                          s.after_norm_stats, s.after_norm_stats + n, p.after_norm.weight.value, n, d, ctx);
   for (size_t k = p.layers.size(); k-- > 0;) {
     T* dprev = activation_alloc<T>(ctx, nd);
     conformer_layer_backward(dprev, s.layers[k], dcur, p.layers[k], p.config, dispatcher, s.batch, s.length,

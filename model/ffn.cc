@@ -4,11 +4,7 @@
 #include "model/ffn.h"
 
 #include "core/check.h"
-#include "kernels/cpu/dropout.h"
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/grouped_linear.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/moe_dispatch.h"
+#include "kernels/ops.h"
 
 namespace moeasr {
 namespace {
@@ -17,9 +13,9 @@ namespace {
 template <class T>
 void activation_forward(T* out, const T* x, ActivationType activation, int64_t n, const RunContext& ctx) {
   if (activation == ActivationType::kRelu) {
-    relu_forward(out, x, n, ctx);
+    op::relu_forward(out, x, n, ctx);
   } else {
-    silu_forward(out, x, n, ctx);
+    op::silu_forward(out, x, n, ctx);
   }
 }
 
@@ -28,9 +24,9 @@ template <class T>
 void activation_backward(T* dx, const T* dout, const T* x, ActivationType activation, int64_t n,
                          const RunContext& ctx) {
   if (activation == ActivationType::kRelu) {
-    relu_backward(dx, dout, x, n, ctx);
+    op::relu_backward(dx, dout, x, n, ctx);
   } else {
-    silu_backward(dx, dout, x, n, ctx);
+    op::silu_backward(dx, dout, x, n, ctx);
   }
 }
 
@@ -94,12 +90,12 @@ void ffn_forward(FfnSaved<T>* saved, T* out, const T* x, const FfnParams<T>& p, 
   saved->hidden_pre = activation_alloc<T>(ctx, n * f);
   saved->hidden = activation_alloc<T>(ctx, n * f);
   // [N, F] = x [N, D] @ W1^T + b1
-  linear_forward(saved->hidden_pre, x, p.w_1.weight.value, p.w_1.bias.value, n, d, f, ctx);
+  op::linear_forward(saved->hidden_pre, x, p.w_1.weight.value, p.w_1.bias.value, n, d, f, ctx);
   activation_forward(saved->hidden, saved->hidden_pre, p.activation, n * f, ctx);
   DropoutSite site = rng.site(p.dropout_rate, layer_id, site_id);
-  if (site.active()) dropout_forward(saved->hidden, saved->hidden, site.stream, site.rate, n * f, ctx);
+  if (site.active()) op::dropout_forward(saved->hidden, saved->hidden, site.stream, site.rate, n * f, ctx);
   // [N, D] = hidden [N, F] @ W2^T + b2
-  linear_forward(out, saved->hidden, p.w_2.weight.value, p.w_2.bias.value, n, f, d, ctx);
+  op::linear_forward(out, saved->hidden, p.w_2.weight.value, p.w_2.bias.value, n, f, d, ctx);
 }
 
 template <class T>
@@ -109,12 +105,13 @@ void ffn_backward(T* dx, const FfnSaved<T>& saved, const T* dout, const FfnParam
   const int64_t d = p.w_1.in_features;
   const int64_t f = p.w_1.out_features;
   T* dhidden = activation_alloc<T>(ctx, n * f);  // [N, F]
-  linear_backward(dhidden, p.w_2.weight.grad, p.w_2.bias.grad, dout, saved.hidden, p.w_2.weight.value, n, f,
-                  d, ctx);
+  op::linear_backward(dhidden, p.w_2.weight.grad, p.w_2.bias.grad, dout, saved.hidden, p.w_2.weight.value, n,
+                      f, d, ctx);
   DropoutSite site = rng.site(p.dropout_rate, layer_id, site_id);
-  if (site.active()) dropout_backward(dhidden, dhidden, site.stream, site.rate, n * f, ctx);
+  if (site.active()) op::dropout_backward(dhidden, dhidden, site.stream, site.rate, n * f, ctx);
   activation_backward(dhidden, dhidden, saved.hidden_pre, p.activation, n * f, ctx);
-  linear_backward(dx, p.w_1.weight.grad, p.w_1.bias.grad, dhidden, saved.x, p.w_1.weight.value, n, d, f, ctx);
+  op::linear_backward(dx, p.w_1.weight.grad, p.w_1.bias.grad, dhidden, saved.x, p.w_1.weight.value, n, d, f,
+                      ctx);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -173,22 +170,22 @@ void moe_ffn_forward(MoeFfnSaved<T>* saved, T* out, const T* x, const uint8_t* t
 
   // Router: logits [N, E] = x @ gate^T; top-k on the raw logits; softmax over the k selected.
   T* logits = activation_alloc<T>(ctx, n * n_experts);
-  linear_forward(logits, x, p.gate.weight.value, static_cast<const T*>(nullptr), n, d, n_experts, ctx);
+  op::linear_forward(logits, x, p.gate.weight.value, static_cast<const T*>(nullptr), n, d, n_experts, ctx);
   T* top_logits = activation_alloc<T>(ctx, n * k);  // [N, K]
   saved->selected = activation_alloc<int32_t>(ctx, n * k);
-  moe_topk_forward(top_logits, saved->selected, logits, n, n_experts, k, ctx);
+  op::moe_topk_forward(top_logits, saved->selected, logits, n, n_experts, k, ctx);
   saved->routing_weights = activation_alloc<T>(ctx, n * k);
-  moe_routing_softmax_forward(saved->routing_weights, top_logits, n, k, ctx);
+  op::moe_routing_softmax_forward(saved->routing_weights, top_logits, n, k, ctx);
 
   // Permute the routed (token, slot) pairs expert-major: [M, D].
   saved->expert_counts = activation_alloc<int64_t>(ctx, n_experts);
   int64_t* offsets = activation_alloc<int64_t>(ctx, n_experts + 1);
   saved->dest = activation_alloc<int32_t>(ctx, n * k);
-  const int64_t m = moe_permute_plan(saved->expert_counts, offsets, saved->dest, saved->selected, token_mask,
-                                     n, n_experts, k, ctx);
+  const int64_t m = op::moe_permute_plan(saved->expert_counts, offsets, saved->dest, saved->selected,
+                                         token_mask, n, n_experts, k, ctx);
   saved->routed_rows = m;
   T* permuted = activation_alloc<T>(ctx, m * d);
-  moe_permute_forward(permuted, x, saved->dest, n, m, k, d, ctx);
+  op::moe_permute_forward(permuted, x, saved->dest, n, m, k, d, ctx);
 
   // Rows of this rank's experts, local-expert-major: [R, D].
   dispatcher->dispatch_forward(&saved->dispatch, &saved->local_x, permuted, saved->expert_counts, n_experts,
@@ -210,19 +207,19 @@ void moe_ffn_forward(MoeFfnSaved<T>* saved, T* out, const T* x, const uint8_t* t
   saved->hidden_pre = activation_alloc<T>(ctx, r * f);
   saved->hidden = activation_alloc<T>(ctx, r * f);
   T* local_out = activation_alloc<T>(ctx, r * d);  // [R, D]
-  grouped_linear_forward(saved->hidden_pre, saved->local_x, p.w_1_weight.value,
-                         static_cast<const T*>(p.w_1_bias.value), saved->local_offsets, r, p.n_local_experts,
-                         d, f, ctx);
+  op::grouped_linear_forward(saved->hidden_pre, saved->local_x, p.w_1_weight.value,
+                             static_cast<const T*>(p.w_1_bias.value), saved->local_offsets, r,
+                             p.n_local_experts, d, f, ctx);
   activation_forward(saved->hidden, saved->hidden_pre, p.activation, r * f, ctx);
   DropoutSite site = rng.site(p.dropout_rate, layer_id, site_id);
-  if (site.active()) dropout_forward(saved->hidden, saved->hidden, site.stream, site.rate, r * f, ctx);
-  grouped_linear_forward(local_out, static_cast<const T*>(saved->hidden), p.w_2_weight.value,
-                         static_cast<const T*>(p.w_2_bias.value), saved->local_offsets, r, p.n_local_experts,
-                         f, d, ctx);
+  if (site.active()) op::dropout_forward(saved->hidden, saved->hidden, site.stream, site.rate, r * f, ctx);
+  op::grouped_linear_forward(local_out, static_cast<const T*>(saved->hidden), p.w_2_weight.value,
+                             static_cast<const T*>(p.w_2_bias.value), saved->local_offsets, r,
+                             p.n_local_experts, f, d, ctx);
 
   // Back to this rank's permuted order, then out[n] = sum_j w[n, j] * y[dest[n, j]] in slot order.
   dispatcher->combine_forward(&saved->permuted_out, local_out, counts, d, ctx);
-  moe_unpermute_forward(out, saved->permuted_out, saved->routing_weights, saved->dest, n, m, k, d, ctx);
+  op::moe_unpermute_forward(out, saved->permuted_out, saved->routing_weights, saved->dest, n, m, k, d, ctx);
 }
 
 template <class T>
@@ -239,38 +236,38 @@ void moe_ffn_backward(T* dx, const MoeFfnSaved<T>& saved, const T* dout, const M
   // Combine: dy [M, D] = w * dout per pair; dweights [N, K] = dout . y.
   T* dpermuted_out = activation_alloc<T>(ctx, m * d);
   T* dweights = activation_alloc<T>(ctx, n * k);
-  moe_unpermute_backward(dpermuted_out, dweights, dout, saved.permuted_out, saved.routing_weights, saved.dest,
-                         n, m, k, d, ctx);
+  op::moe_unpermute_backward(dpermuted_out, dweights, dout, saved.permuted_out, saved.routing_weights,
+                             saved.dest, n, m, k, d, ctx);
 
   // Experts, in reverse.
   const T* dlocal_out = nullptr;  // [R, D]
   dispatcher->combine_backward(&dlocal_out, dpermuted_out, counts, d, ctx);
   T* dhidden = activation_alloc<T>(ctx, r * f);  // [R, F]
-  grouped_linear_backward(dhidden, p.w_2_weight.grad, p.w_2_bias.grad, dlocal_out,
-                          static_cast<const T*>(saved.hidden), p.w_2_weight.value, saved.local_offsets, r,
-                          p.n_local_experts, f, d, ctx);
+  op::grouped_linear_backward(dhidden, p.w_2_weight.grad, p.w_2_bias.grad, dlocal_out,
+                              static_cast<const T*>(saved.hidden), p.w_2_weight.value, saved.local_offsets, r,
+                              p.n_local_experts, f, d, ctx);
   DropoutSite site = rng.site(p.dropout_rate, layer_id, site_id);
-  if (site.active()) dropout_backward(dhidden, dhidden, site.stream, site.rate, r * f, ctx);
+  if (site.active()) op::dropout_backward(dhidden, dhidden, site.stream, site.rate, r * f, ctx);
   activation_backward(dhidden, dhidden, saved.hidden_pre, p.activation, r * f, ctx);
   T* dlocal_x = activation_alloc<T>(ctx, r * d);  // [R, D]
-  grouped_linear_backward(dlocal_x, p.w_1_weight.grad, p.w_1_bias.grad, static_cast<const T*>(dhidden),
-                          saved.local_x, p.w_1_weight.value, saved.local_offsets, r, p.n_local_experts, d, f,
-                          ctx);
+  op::grouped_linear_backward(dlocal_x, p.w_1_weight.grad, p.w_1_bias.grad, static_cast<const T*>(dhidden),
+                              saved.local_x, p.w_1_weight.value, saved.local_offsets, r, p.n_local_experts, d,
+                              f, ctx);
   const T* dpermuted = nullptr;  // [M, D]
   dispatcher->dispatch_backward(&dpermuted, dlocal_x, counts, d, ctx);
 
   // dx through the experts: sum over each token's slots (zero for unrouted tokens).
-  moe_permute_backward(dx, dpermuted, saved.dest, n, m, k, d, ctx);
+  op::moe_permute_backward(dx, dpermuted, saved.dest, n, m, k, d, ctx);
 
   // dx through the router: routing softmax -> top-k scatter -> gate.
   T* dtop_logits = activation_alloc<T>(ctx, n * k);
-  moe_routing_softmax_backward(dtop_logits, dweights, saved.routing_weights, n, k, ctx);
+  op::moe_routing_softmax_backward(dtop_logits, dweights, saved.routing_weights, n, k, ctx);
   T* dlogits = activation_alloc<T>(ctx, n * n_experts);
-  moe_topk_backward(dlogits, dtop_logits, saved.selected, n, n_experts, k, ctx);
+  op::moe_topk_backward(dlogits, dtop_logits, saved.selected, n, n_experts, k, ctx);
   T* dx_router = activation_alloc<T>(ctx, n * d);
-  linear_backward(dx_router, p.gate.weight.grad, static_cast<T*>(nullptr), dlogits, saved.x,
-                  p.gate.weight.value, n, d, n_experts, ctx);
-  add_scaled_inplace(dx, dx_router, T(1), n * d, ctx);
+  op::linear_backward(dx_router, p.gate.weight.grad, static_cast<T*>(nullptr), dlogits, saved.x,
+                      p.gate.weight.value, n, d, n_experts, ctx);
+  op::add_scaled_inplace(dx, dx_router, T(1), n * d, ctx);
 }
 
 #define MOEASR_INSTANTIATE_FFN(T)                                                                            \

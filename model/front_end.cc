@@ -6,10 +6,7 @@
 #include <cmath>
 
 #include "core/check.h"
-#include "kernels/cpu/dropout.h"
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/layout.h"
-#include "kernels/cpu/linear.h"
+#include "kernels/ops.h"
 
 namespace moeasr {
 
@@ -30,8 +27,8 @@ void global_cmvn_forward(T* out, const T* x, const GlobalCmvnParams<T>& p, int64
                          const RunContext& ctx) {
   CHECK_GE(rows, 0);
   CHECK_EQ(feat, p.dim) << "global CMVN has " << p.dim << " bins, features have " << feat;
-  cmvn_normalize_forward(out, x, static_cast<const T*>(p.mean.value), static_cast<const T*>(p.istd.value),
-                         rows, feat, ctx);
+  op::cmvn_normalize_forward(out, x, static_cast<const T*>(p.mean.value), static_cast<const T*>(p.istd.value),
+                             rows, feat, ctx);
 }
 
 // ---- Conv2dSubsampling4 -------------------------------------------------------------------------------
@@ -80,19 +77,17 @@ void conv2d_subsampling4_forward(Conv2dSubsampling4Saved<T>* saved, T* out, cons
   saved->x = x;
   // conv.0 + ReLU, conv.2 + ReLU (ReLU in place: the backward's x > 0 test holds on the output too).
   saved->r0 = activation_alloc<T>(ctx, batch * d * t1 * f1);
-  T* ws0 = activation_alloc<T>(ctx, conv2d_3x3s2_workspace_elems(1, time, feat));
-  conv2d_3x3s2_forward(saved->r0, ws0, x, p.conv0_weight.value, p.conv0_bias.value, batch, 1, d, time, feat,
-                       ctx);
-  relu_forward(saved->r0, saved->r0, batch * d * t1 * f1, ctx);
+  op::conv2d_3x3s2_forward(saved->r0, x, p.conv0_weight.value, p.conv0_bias.value, batch, 1, d, time, feat,
+                           ctx);
+  op::relu_forward(saved->r0, saved->r0, batch * d * t1 * f1, ctx);
   saved->r1 = activation_alloc<T>(ctx, batch * d * t2 * f2);
-  T* ws2 = activation_alloc<T>(ctx, conv2d_3x3s2_workspace_elems(d, t1, f1));
-  conv2d_3x3s2_forward(saved->r1, ws2, saved->r0, p.conv2_weight.value, p.conv2_bias.value, batch, d, d, t1,
-                       f1, ctx);
-  relu_forward(saved->r1, saved->r1, batch * d * t2 * f2, ctx);
+  op::conv2d_3x3s2_forward(saved->r1, saved->r0, p.conv2_weight.value, p.conv2_bias.value, batch, d, d, t1,
+                           f1, ctx);
+  op::relu_forward(saved->r1, saved->r1, batch * d * t2 * f2, ctx);
   // [B, d, T', F'] -> [B, T', d, F'] = [B, T', d * F'] (channel-major columns).
   saved->z = activation_alloc<T>(ctx, batch * t2 * d * f2);
-  transpose_middle_forward(saved->z, saved->r1, batch, d, t2, f2, ctx);
-  linear_forward(out, saved->z, p.out.weight.value, p.out.bias.value, batch * t2, d * f2, d, ctx);
+  op::transpose_middle_forward(saved->z, saved->r1, batch, d, t2, f2, ctx);
+  op::linear_forward(out, saved->z, p.out.weight.value, p.out.bias.value, batch * t2, d * f2, d, ctx);
 }
 
 template <class T>
@@ -107,22 +102,20 @@ void conv2d_subsampling4_backward(T* dx, const Conv2dSubsampling4Saved<T>& saved
   CHECK_EQ(f2, p.sub_freq);
   // out.0
   T* dz = activation_alloc<T>(ctx, batch * t2 * d * f2);
-  linear_backward(dz, p.out.weight.grad, p.out.bias.grad, dout, saved.z, p.out.weight.value, batch * t2,
-                  d * f2, d, ctx);
+  op::linear_backward(dz, p.out.weight.grad, p.out.bias.grad, dout, saved.z, p.out.weight.value, batch * t2,
+                      d * f2, d, ctx);
   // [B, T', d, F'] -> [B, d, T', F'], then ReLU.
   T* dr1 = activation_alloc<T>(ctx, batch * d * t2 * f2);
-  transpose_middle_backward(dr1, dz, batch, d, t2, f2, ctx);
-  relu_backward(dr1, dr1, saved.r1, batch * d * t2 * f2, ctx);
+  op::transpose_middle_backward(dr1, dz, batch, d, t2, f2, ctx);
+  op::relu_backward(dr1, dr1, saved.r1, batch * d * t2 * f2, ctx);
   // conv.2, then ReLU.
   T* dr0 = activation_alloc<T>(ctx, batch * d * t1 * f1);
-  T* ws2 = activation_alloc<T>(ctx, conv2d_3x3s2_workspace_elems(d, t1, f1));
-  conv2d_3x3s2_backward(dr0, p.conv2_weight.grad, p.conv2_bias.grad, ws2, dr1, saved.r0, p.conv2_weight.value,
-                        batch, d, d, t1, f1, ctx);
-  relu_backward(dr0, dr0, saved.r0, batch * d * t1 * f1, ctx);
+  op::conv2d_3x3s2_backward(dr0, p.conv2_weight.grad, p.conv2_bias.grad, dr1, saved.r0, p.conv2_weight.value,
+                            batch, d, d, t1, f1, ctx);
+  op::relu_backward(dr0, dr0, saved.r0, batch * d * t1 * f1, ctx);
   // conv.0 (dx only when asked: the input is normally data).
-  T* ws0 = activation_alloc<T>(ctx, conv2d_3x3s2_workspace_elems(1, time, feat));
-  conv2d_3x3s2_backward(dx, p.conv0_weight.grad, p.conv0_bias.grad, ws0, dr0, saved.x, p.conv0_weight.value,
-                        batch, 1, d, time, feat, ctx);
+  op::conv2d_3x3s2_backward(dx, p.conv0_weight.grad, p.conv0_bias.grad, dr0, saved.x, p.conv0_weight.value,
+                            batch, 1, d, time, feat, ctx);
 }
 
 // ---- Positional encodings -----------------------------------------------------------------------------
@@ -156,7 +149,7 @@ void check_positional_sizes(const PositionalEncodingParams<T>& p, int64_t offset
 // y = dropout(y) in place at `site` (identity when inactive).
 template <class T>
 void dropout_inplace(T* y, const DropoutSite& site, int64_t n, const RunContext& ctx) {
-  if (site.active()) dropout_forward(y, y, site.stream, site.rate, n, ctx);
+  if (site.active()) op::dropout_forward(y, y, site.stream, site.rate, n, ctx);
 }
 
 // dx = sqrt(d) * dropout_backward(dout), shared by both encodings.
@@ -166,10 +159,10 @@ void scaled_dropout_backward(T* dx, const T* dout, const PositionalEncodingParam
   const T xscale = static_cast<T>(std::sqrt(static_cast<double>(p.d_model)));
   DropoutSite site = rng.site(p.dropout_rate, layer_id, kPosEncSiteX);
   if (site.active()) {
-    dropout_backward(dx, dout, site.stream, site.rate, n, ctx);
-    scale_forward(dx, dx, xscale, n, ctx);
+    op::dropout_backward(dx, dout, site.stream, site.rate, n, ctx);
+    op::scale_forward(dx, dx, xscale, n, ctx);
   } else {
-    scale_forward(dx, dout, xscale, n, ctx);
+    op::scale_forward(dx, dout, xscale, n, ctx);
   }
 }
 
@@ -183,9 +176,9 @@ void rel_positional_encoding_forward(T* out, T* pos_emb, const T* x, const Posit
   const int64_t d = p.d_model;
   const int64_t n = batch * time * d;
   const T xscale = static_cast<T>(std::sqrt(static_cast<double>(d)));
-  scale_forward(out, x, xscale, n, ctx);
+  op::scale_forward(out, x, xscale, n, ctx);
   dropout_inplace(out, rng.site(p.dropout_rate, layer_id, kPosEncSiteX), n, ctx);
-  copy_elements(pos_emb, static_cast<const T*>(p.table + offset * d), time * d, ctx);
+  op::copy_elements(pos_emb, static_cast<const T*>(p.table + offset * d), time * d, ctx);
   dropout_inplace(pos_emb, rng.site(p.dropout_rate, layer_id, kPosEncSitePosEmb), time * d, ctx);
 }
 
@@ -204,7 +197,8 @@ void positional_encoding_forward(T* out, const T* x, const PositionalEncodingPar
   check_positional_sizes(p, offset, batch, time);
   const int64_t d = p.d_model;
   const T xscale = static_cast<T>(std::sqrt(static_cast<double>(d)));
-  scale_add_table_forward(out, x, static_cast<const T*>(p.table + offset * d), xscale, batch, time, d, ctx);
+  op::scale_add_table_forward(out, x, static_cast<const T*>(p.table + offset * d), xscale, batch, time, d,
+                              ctx);
   dropout_inplace(out, rng.site(p.dropout_rate, layer_id, kPosEncSiteX), batch * time * d, ctx);
 }
 

@@ -5,9 +5,7 @@
 
 #include <cstdint>
 
-#include "kernels/cpu/dropout.h"
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/norm.h"
+#include "kernels/ops.h"
 #include "model/layer_common.h"
 
 namespace moeasr {
@@ -16,7 +14,7 @@ namespace moeasr {
 template <class T>
 void branch_dropout_forward(T* x,  // [n]
                             int64_t n, const DropoutSite& site, const RunContext& ctx) {
-  if (site.active()) dropout_forward(x, x, site.stream, site.rate, n, ctx);
+  if (site.active()) op::dropout_forward(x, x, site.stream, site.rate, n, ctx);
 }
 
 // dx = scale * dropout_backward(dy) (dx may alias dy); scale is 0.5 for the macaron half steps.
@@ -25,10 +23,10 @@ void branch_dropout_backward(T* dx,        // [n] assigned
                              const T* dy,  // [n]
                              T scale, int64_t n, const DropoutSite& site, const RunContext& ctx) {
   if (site.active()) {
-    dropout_backward(dx, dy, site.stream, site.rate, n, ctx);
-    if (scale != T(1)) scale_forward(dx, dx, scale, n, ctx);
+    op::dropout_backward(dx, dy, site.stream, site.rate, n, ctx);
+    if (scale != T(1)) op::scale_forward(dx, dx, scale, n, ctx);
   } else {
-    scale_forward(dx, dy, scale, n, ctx);
+    op::scale_forward(dx, dy, scale, n, ctx);
   }
 }
 
@@ -38,8 +36,8 @@ void layer_norm_ref_forward(T* out,      // [n, C]
                             T* rstd,     // [n] saved
                             const T* x,  // [n, C]
                             const LayerNormRef<T>& ln, int64_t n, const RunContext& ctx) {
-  layer_norm_forward(out, mean, rstd, x, ln.weight.value, ln.bias.value, static_cast<T>(ln.eps), n,
-                     ln.channels, ctx);
+  op::layer_norm_forward(out, mean, rstd, x, ln.weight.value, ln.bias.value, static_cast<T>(ln.eps), n,
+                         ln.channels, ctx);
 }
 
 // acc += dx of the LayerNorm whose input was x; its parameter grads accumulate.
@@ -50,9 +48,9 @@ void layer_norm_ref_backward_add(T* acc,         // [n, C] accumulated
                                  const T* mean, const T* rstd, const LayerNormRef<T>& ln, int64_t n,
                                  const RunContext& ctx) {
   T* dx = activation_alloc<T>(ctx, n * ln.channels);
-  layer_norm_backward(dx, ln.weight.grad, ln.bias.grad, dout, x, mean, rstd, ln.weight.value, n, ln.channels,
-                      ctx);
-  add_scaled_inplace(acc, dx, T(1), n * ln.channels, ctx);
+  op::layer_norm_backward(dx, ln.weight.grad, ln.bias.grad, dout, x, mean, rstd, ln.weight.value, n,
+                          ln.channels, ctx);
+  op::add_scaled_inplace(acc, dx, T(1), n * ln.channels, ctx);
 }
 
 }  // namespace moeasr

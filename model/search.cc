@@ -11,12 +11,7 @@
 #include <unordered_map>
 
 #include "core/check.h"
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/gemm.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/norm.h"
-#include "kernels/cpu/softmax.h"
+#include "kernels/ops.h"
 #include "model/feed_forward.h"
 #include "model/front_end.h"
 
@@ -85,8 +80,8 @@ template <class T>
 void layer_norm_rows(T* out, const T* x, const LayerNormRef<T>& ln, int64_t n, const RunContext& ctx) {
   T* mean = activation_alloc<T>(ctx, n);
   T* rstd = activation_alloc<T>(ctx, n);
-  layer_norm_forward(out, mean, rstd, x, ln.weight.value, ln.bias.value, static_cast<T>(ln.eps), n,
-                     ln.channels, ctx);
+  op::layer_norm_forward(out, mean, rstd, x, ln.weight.value, ln.bias.value, static_cast<T>(ln.eps), n,
+                         ln.channels, ctx);
 }
 
 // Self-attention K/V of positions [0, length) for N sequences and the utterance's cross-attention
@@ -112,10 +107,10 @@ void decoder_cache_init(DecoderCache<T>* c, const DecoderParams<T>& p, const T* 
   c->mem_v.assign(static_cast<size_t>(layers), std::vector<T>(static_cast<size_t>(frames * d)));
   for (int64_t l = 0; l < layers; ++l) {
     const MultiHeadAttentionParams<T>& a = p.layers[static_cast<size_t>(l)].src_attn;
-    linear_forward(c->mem_k[l].data(), memory, a.linear_k.weight.value, a.linear_k.bias.value, frames, d, d,
-                   ctx);
-    linear_forward(c->mem_v[l].data(), memory, a.linear_v.weight.value, a.linear_v.bias.value, frames, d, d,
-                   ctx);
+    op::linear_forward(c->mem_k[l].data(), memory, a.linear_k.weight.value, a.linear_k.bias.value, frames, d,
+                       d, ctx);
+    op::linear_forward(c->mem_v[l].data(), memory, a.linear_v.weight.value, a.linear_v.bias.value, frames, d,
+                       d, ctx);
   }
 }
 
@@ -147,7 +142,7 @@ void decoder_advance(T* log_probs, DecoderCache<T>* c, const int32_t* tokens, co
   const StepRng rng;  // eval: no dropout
 
   T* x = activation_alloc<T>(ctx, rows * d);
-  embedding_forward(x, tokens, p.embed.value, rows, vocab, d, ctx);
+  op::embedding_forward(x, tokens, p.embed.value, rows, vocab, d, ctx);
   positional_encoding_forward(x, x, p.pos_enc, pos0, n, steps, p.layer_id_base - 1, rng, ctx);
   // Causal mask of the new positions over all keys: key j visible to position pos0 + s iff j <= pos0 + s.
   uint8_t* mask = activation_alloc<uint8_t>(ctx, steps * tk);
@@ -168,9 +163,9 @@ void decoder_advance(T* log_probs, DecoderCache<T>* c, const int32_t* tokens, co
     // x = x + SelfAttn(norm1(x)) with the cache.
     layer_norm_rows(a, x, lp.norm1, rows, ctx);
     const MultiHeadAttentionParams<T>& sa = lp.self_attn;
-    linear_forward(q, a, sa.linear_q.weight.value, sa.linear_q.bias.value, rows, d, d, ctx);
-    linear_forward(kn, a, sa.linear_k.weight.value, sa.linear_k.bias.value, rows, d, d, ctx);
-    linear_forward(vn, a, sa.linear_v.weight.value, sa.linear_v.bias.value, rows, d, d, ctx);
+    op::linear_forward(q, a, sa.linear_q.weight.value, sa.linear_q.bias.value, rows, d, d, ctx);
+    op::linear_forward(kn, a, sa.linear_k.weight.value, sa.linear_k.bias.value, rows, d, d, ctx);
+    op::linear_forward(vn, a, sa.linear_v.weight.value, sa.linear_v.bias.value, rows, d, d, ctx);
     T* kc = c->k[l].data();
     T* vc = c->v[l].data();
     for (int64_t i = 0; i < n; ++i) {
@@ -185,40 +180,42 @@ void decoder_advance(T* log_probs, DecoderCache<T>* c, const int32_t* tokens, co
         const T* kh = kc + i * c->capacity * d + h * dk;
         const T* vh = vc + i * c->capacity * d + h * dk;
         gemm(scores, qh, kh, Transpose::kNo, Transpose::kYes, steps, tk, dk, scale, T(0), d, d, tk, ctx);
-        softmax_forward(probs, scores, mask, steps, tk, ctx);
+        op::softmax_forward(probs, scores, mask, steps, tk, ctx);
         gemm(context + i * steps * d + h * dk, probs, vh, Transpose::kNo, Transpose::kNo, steps, dk, tk, T(1),
              T(0), tk, d, d, ctx);
       }
     }
-    linear_forward(branch, context, sa.linear_out.weight.value, sa.linear_out.bias.value, rows, d, d, ctx);
-    residual_add_forward(y, x, branch, T(1), rows * d, ctx);
+    op::linear_forward(branch, context, sa.linear_out.weight.value, sa.linear_out.bias.value, rows, d, d,
+                       ctx);
+    op::residual_add_forward(y, x, branch, T(1), rows * d, ctx);
     std::swap(x, y);
     // x = x + CrossAttn(norm2(x), memory): all frames valid.
     layer_norm_rows(a, x, lp.norm2, rows, ctx);
     const MultiHeadAttentionParams<T>& ca = lp.src_attn;
-    linear_forward(q, a, ca.linear_q.weight.value, ca.linear_q.bias.value, rows, d, d, ctx);
+    op::linear_forward(q, a, ca.linear_q.weight.value, ca.linear_q.bias.value, rows, d, d, ctx);
     for (int64_t h = 0; h < heads; ++h) {
       gemm(scores, q + h * dk, c->mem_k[l].data() + h * dk, Transpose::kNo, Transpose::kYes, rows, frames, dk,
            scale, T(0), d, d, frames, ctx);
-      softmax_forward(probs, scores, static_cast<const uint8_t*>(nullptr), rows, frames, ctx);
+      op::softmax_forward(probs, scores, static_cast<const uint8_t*>(nullptr), rows, frames, ctx);
       gemm(context + h * dk, probs, c->mem_v[l].data() + h * dk, Transpose::kNo, Transpose::kNo, rows, dk,
            frames, T(1), T(0), frames, d, d, ctx);
     }
-    linear_forward(branch, context, ca.linear_out.weight.value, ca.linear_out.bias.value, rows, d, d, ctx);
-    residual_add_forward(y, x, branch, T(1), rows * d, ctx);
+    op::linear_forward(branch, context, ca.linear_out.weight.value, ca.linear_out.bias.value, rows, d, d,
+                       ctx);
+    op::residual_add_forward(y, x, branch, T(1), rows * d, ctx);
     std::swap(x, y);
     // x = x + FFN(norm3(x)).
     layer_norm_rows(a, x, lp.norm3, rows, ctx);
     FeedForwardSaved<T> ff_saved;
     feed_forward_forward(&ff_saved, branch, a, static_cast<const uint8_t*>(nullptr), lp.feed_forward,
                          dispatcher, rows, p.layer_id_base + l, 3, rng, ctx);
-    residual_add_forward(y, x, branch, T(1), rows * d, ctx);
+    op::residual_add_forward(y, x, branch, T(1), rows * d, ctx);
     std::swap(x, y);
   }
   layer_norm_rows(a, x, p.after_norm, rows, ctx);
   T* logits = activation_alloc<T>(ctx, rows * vocab);
-  linear_forward(logits, a, p.output_layer.weight.value, p.output_layer.bias.value, rows, d, vocab, ctx);
-  log_softmax_forward(log_probs, logits, static_cast<const uint8_t*>(nullptr), rows, vocab, ctx);
+  op::linear_forward(logits, a, p.output_layer.weight.value, p.output_layer.bias.value, rows, d, vocab, ctx);
+  op::log_softmax_forward(log_probs, logits, static_cast<const uint8_t*>(nullptr), rows, vocab, ctx);
   c->length = tk;
 }
 
@@ -367,11 +364,11 @@ void SearchModel<T>::ctc_log_probs(T* log_probs, const T* encoder_out, int64_t f
   const int64_t d = config_.encoder.output_size, v = config_.vocab_size;
   CHECK(blank_id >= 0 && blank_id < v) << "blank id " << blank_id << " outside the vocabulary of " << v;
   T* logits = activation_alloc<T>(ctx, frames * v);
-  linear_forward(logits, encoder_out, ctc_lo_.weight.value, ctc_lo_.bias.value, frames, d, v, ctx);
+  op::linear_forward(logits, encoder_out, ctc_lo_.weight.value, ctc_lo_.bias.value, frames, d, v, ctx);
   if (blank_penalty != 0.0) {
     for (int64_t t = 0; t < frames; ++t) logits[t * v + blank_id] -= static_cast<T>(blank_penalty);
   }
-  log_softmax_forward(log_probs, logits, static_cast<const uint8_t*>(nullptr), frames, v, ctx);
+  op::log_softmax_forward(log_probs, logits, static_cast<const uint8_t*>(nullptr), frames, v, ctx);
 }
 
 template <class T>

@@ -11,13 +11,7 @@
 
 #include "core/check.h"
 #include "core/logging.h"
-#include "kernels/cpu/conv.h"
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/gemm.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/masks.h"
-#include "kernels/cpu/norm.h"
-#include "kernels/cpu/softmax.h"
+#include "kernels/ops.h"
 
 namespace moeasr {
 namespace {
@@ -34,8 +28,8 @@ template <class T>
 void layer_norm_rows(T* out, const T* x, const LayerNormRef<T>& ln, int64_t n, const RunContext& ctx) {
   T* mean = arena_alloc<T>(ctx, n);
   T* rstd = arena_alloc<T>(ctx, n);
-  layer_norm_forward(out, mean, rstd, x, ln.weight.value, ln.bias.value, static_cast<T>(ln.eps), n,
-                     ln.channels, ctx);
+  op::layer_norm_forward(out, mean, rstd, x, ln.weight.value, ln.bias.value, static_cast<T>(ln.eps), n,
+                         ln.channels, ctx);
 }
 
 // RelPositionMultiHeadedAttention.forward with att_cache, eval mode (no dropout), batch 1.
@@ -53,9 +47,9 @@ void rel_attention_with_cache(T* out,               // [Lq, d]
   T* q = arena_alloc<T>(ctx, lq * d);
   T* kn = arena_alloc<T>(ctx, lq * d);
   T* vn = arena_alloc<T>(ctx, lq * d);
-  linear_forward(q, a, p.linear_q.weight.value, p.linear_q.bias.value, lq, d, d, ctx);
-  linear_forward(kn, a, p.linear_k.weight.value, p.linear_k.bias.value, lq, d, d, ctx);
-  linear_forward(vn, a, p.linear_v.weight.value, p.linear_v.bias.value, lq, d, d, ctx);
+  op::linear_forward(q, a, p.linear_q.weight.value, p.linear_q.bias.value, lq, d, d, ctx);
+  op::linear_forward(kn, a, p.linear_k.weight.value, p.linear_k.bias.value, lq, d, d, ctx);
+  op::linear_forward(vn, a, p.linear_v.weight.value, p.linear_v.bias.value, lq, d, d, ctx);
   for (int64_t h = 0; h < heads; ++h) {
     T* dst = kv + h * tk * 2 * dk;
     if (t1 > 0) std::memcpy(dst, cache + h * t1 * 2 * dk, sizeof(T) * static_cast<size_t>(t1 * 2 * dk));
@@ -82,18 +76,18 @@ void rel_attention_with_cache(T* out,               // [Lq, d]
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(dk)));
   T* scores = arena_alloc<T>(ctx, heads * lq * tk);
   // matrix_ac = (q + u) K^T, K rows at stride 2 dk inside kv.
-  gemm_strided_batched(scores, q_u, kv, Transpose::kNo, Transpose::kYes, lq, tk, dk, scale, T(0), dk, 2 * dk,
-                       tk, lq * dk, tk * 2 * dk, lq * tk, heads, ctx);
+  op::gemm_strided_batched(scores, q_u, kv, Transpose::kNo, Transpose::kYes, lq, tk, dk, scale, T(0), dk,
+                           2 * dk, tk, lq * dk, tk * 2 * dk, lq * tk, heads, ctx);
   // matrix_bd = (q + v_b) P^T, head h of P = columns [h dk, (h+1) dk) of p_rows.
-  gemm_strided_batched(scores, q_v, p_rows, Transpose::kNo, Transpose::kYes, lq, tk, dk, scale, T(1), dk, d,
-                       tk, lq * dk, dk, lq * tk, heads, ctx);
+  op::gemm_strided_batched(scores, q_v, p_rows, Transpose::kNo, Transpose::kYes, lq, tk, dk, scale, T(1), dk,
+                           d, tk, lq * dk, dk, lq * tk, heads, ctx);
   T* probs = arena_alloc<T>(ctx, heads * lq * tk);
-  attention_softmax_forward(probs, scores, mask, 1, heads, lq, tk, ctx);
+  op::attention_softmax_forward(probs, scores, mask, 1, heads, lq, tk, ctx);
   // context [Lq, d] with head h in columns [h dk, (h+1) dk): V rows at offset dk, stride 2 dk.
   T* context = arena_alloc<T>(ctx, lq * d);
-  gemm_strided_batched(context, probs, kv + dk, Transpose::kNo, Transpose::kNo, lq, dk, tk, T(1), T(0), tk,
-                       2 * dk, d, lq * tk, tk * 2 * dk, dk, heads, ctx);
-  linear_forward(out, context, p.linear_out.weight.value, p.linear_out.bias.value, lq, d, d, ctx);
+  op::gemm_strided_batched(context, probs, kv + dk, Transpose::kNo, Transpose::kNo, lq, dk, tk, T(1), T(0),
+                           tk, 2 * dk, d, lq * tk, tk * 2 * dk, dk, heads, ctx);
+  op::linear_forward(out, context, p.linear_out.weight.value, p.linear_out.bias.value, lq, d, d, ctx);
 }
 
 // ConvolutionModule.forward with cnn_cache, eval mode, batch 1 (all frames valid).
@@ -116,25 +110,26 @@ void conv_module_with_cache(T* out,          // [Lq, d]
     for (int64_t c = 0; c < d; ++c) new_cache[c * kc + j] = xp[(lq + j) * d + c];
   }
   T* h1 = arena_alloc<T>(ctx, tp * 2 * d);
-  linear_forward(h1, xp, p.pointwise_conv1.weight.value, p.pointwise_conv1.bias.value, tp, d, 2 * d, ctx);
+  op::linear_forward(h1, xp, p.pointwise_conv1.weight.value, p.pointwise_conv1.bias.value, tp, d, 2 * d, ctx);
   T* g = arena_alloc<T>(ctx, tp * d);
-  glu_forward(g, h1, tp, d, ctx);
+  op::glu_forward(g, h1, tp, d, ctx);
   T* full = arena_alloc<T>(ctx, tp * d);
-  depthwise_conv1d_forward(full, g, p.depthwise_weight.value, p.depthwise_bias.value,
-                           p.causal ? Conv1dPadding::kCausal : Conv1dPadding::kSymmetric, 1, tp, d, k, ctx);
+  op::depthwise_conv1d_forward(full, g, p.depthwise_weight.value, p.depthwise_bias.value,
+                               p.causal ? Conv1dPadding::kCausal : Conv1dPadding::kSymmetric, 1, tp, d, k,
+                               ctx);
   const T* c = full + kc * d;  // the last Lq frames: every tap inside [cache; input]
   T* n = arena_alloc<T>(ctx, lq * d);
   const T eps = static_cast<T>(p.norm.eps);
   if (p.norm_type == ConvNormType::kLayerNorm) {
     T* mean = arena_alloc<T>(ctx, lq);
     T* rstd = arena_alloc<T>(ctx, lq);
-    layer_norm_forward(n, mean, rstd, c, p.norm.weight.value, p.norm.bias.value, eps, lq, d, ctx);
+    op::layer_norm_forward(n, mean, rstd, c, p.norm.weight.value, p.norm.bias.value, eps, lq, d, ctx);
   } else {
-    batch_norm_eval_forward(n, c, p.running_mean.value, p.running_var.value, p.norm.weight.value,
-                            p.norm.bias.value, eps, lq, d, ctx);
+    op::batch_norm_eval_forward(n, c, p.running_mean.value, p.running_var.value, p.norm.weight.value,
+                                p.norm.bias.value, eps, lq, d, ctx);
   }
-  silu_forward(n, n, lq * d, ctx);
-  linear_forward(out, n, p.pointwise_conv2.weight.value, p.pointwise_conv2.bias.value, lq, d, d, ctx);
+  op::silu_forward(n, n, lq * d, ctx);
+  op::linear_forward(out, n, p.pointwise_conv2.weight.value, p.pointwise_conv2.bias.value, lq, d, d, ctx);
 }
 
 }  // namespace
@@ -176,8 +171,8 @@ void StreamingEncoder<T>::ensure_pos_proj(int64_t positions, const RunContext& c
     const LinearRef<T>& lin = params_.layers[i].self_attn.linear_pos;
     std::vector<T>& table = pos_proj_[i];
     table.resize(static_cast<size_t>(rows * d));
-    linear_forward(table.data() + pos_proj_rows_ * d, pe_table_.data() + pos_proj_rows_ * d, lin.weight.value,
-                   static_cast<const T*>(nullptr), rows - pos_proj_rows_, d, d, ctx);
+    op::linear_forward(table.data() + pos_proj_rows_ * d, pe_table_.data() + pos_proj_rows_ * d,
+                       lin.weight.value, static_cast<const T*>(nullptr), rows - pos_proj_rows_, d, d, ctx);
   }
   pos_proj_rows_ = rows;
 }
@@ -192,7 +187,7 @@ T* StreamingEncoder<T>::embed(int64_t* length, const T* xs, int64_t frames, cons
   Conv2dSubsampling4Saved<T> saved;
   T* x = arena_alloc<T>(ctx, l * d);
   conv2d_subsampling4_forward(&saved, x, normalized, params_.embed, 1, frames, f, ctx);
-  scale_forward(x, x, static_cast<T>(std::sqrt(static_cast<double>(d))), l * d, ctx);
+  op::scale_forward(x, x, static_cast<T>(std::sqrt(static_cast<double>(d))), l * d, ctx);
   *length = l;
   return x;
 }
@@ -232,7 +227,7 @@ void StreamingEncoder<T>::run_layers(T* out, T* x, int64_t lq, EncoderChunkCache
     layer_norm_rows(a, x, p.norm_ff_macaron, lq, ctx);
     feed_forward_forward(&ff_saved, branch, a, static_cast<const uint8_t*>(nullptr), p.feed_forward_macaron,
                          dispatcher_, lq, layer_id, 4, rng, ctx);
-    residual_add_forward(y, x, branch, T(0.5), n, ctx);
+    op::residual_add_forward(y, x, branch, T(0.5), n, ctx);
     std::swap(x, y);
     // x = x + MHSA_rel(LN(x)) over cache + chunk.
     layer_norm_rows(a, x, p.norm_mha, lq, ctx);
@@ -243,19 +238,19 @@ void StreamingEncoder<T>::run_layers(T* out, T* x, int64_t lq, EncoderChunkCache
       std::memcpy(new_att.data() + (i * heads + h) * keep * 2 * dk, kv + (h * tk + next_start) * 2 * dk,
                   sizeof(T) * static_cast<size_t>(keep * 2 * dk));
     }
-    residual_add_forward(y, x, branch, T(1), n, ctx);
+    op::residual_add_forward(y, x, branch, T(1), n, ctx);
     std::swap(x, y);
     // x = x + Conv(LN(x)) with the causal conv cache.
     layer_norm_rows(a, x, p.norm_conv, lq, ctx);
     const T* conv_cache = cache->cnn.empty() ? nullptr : cache->cnn.data() + i * d * kc;
     conv_module_with_cache(branch, new_cnn.data() + i * d * kc, a, conv_cache, p.conv_module, lq, ctx);
-    residual_add_forward(y, x, branch, T(1), n, ctx);
+    op::residual_add_forward(y, x, branch, T(1), n, ctx);
     std::swap(x, y);
     // x = x + 0.5 * FFN(LN(x)); LN_final.
     layer_norm_rows(a, x, p.norm_ff, lq, ctx);
     feed_forward_forward(&ff_saved, branch, a, static_cast<const uint8_t*>(nullptr), p.feed_forward,
                          dispatcher_, lq, layer_id, 5, rng, ctx);
-    residual_add_forward(y, x, branch, T(0.5), n, ctx);
+    op::residual_add_forward(y, x, branch, T(0.5), n, ctx);
     layer_norm_rows(x, y, p.norm_final, lq, ctx);
   }
   layer_norm_rows(out, x, params_.after_norm, lq, ctx);
@@ -317,7 +312,7 @@ void StreamingEncoder<T>::forward_masked(std::vector<T>* ys, const T* xs, int64_
   const uint8_t* mask = nullptr;
   if (chunk_size > 0 && chunk_size < l) {
     uint8_t* m = arena_alloc<uint8_t>(c, l * l);
-    make_chunk_mask(m, chunk_size, num_left_chunks, l, c);
+    op::make_chunk_mask(m, chunk_size, num_left_chunks, l, c);
     mask = m;
   }
   EncoderChunkCache<T> cache;

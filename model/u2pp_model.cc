@@ -3,11 +3,8 @@
 
 #include <cstring>
 
-#include "kernels/cpu/ctc_loss.h"
-#include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/label_smoothing_loss.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/softmax.h"
+#include "kernels/cpu/ctc_loss.h"  // ctc_loss_alpha_size
+#include "kernels/ops.h"
 #include "model/targets.h"
 
 namespace moeasr {
@@ -51,14 +48,15 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptio
 
   if (run_ctc_) {
     T* logits = activation_alloc<T>(ctx, b * l * v);
-    linear_forward(logits, encoder_saved_.out, ctc_lo_.weight.value, ctc_lo_.bias.value, b * l, d, v, ctx);
+    op::linear_forward(logits, encoder_saved_.out, ctc_lo_.weight.value, ctc_lo_.bias.value, b * l, d, v,
+                       ctx);
     ctc_log_probs_ = activation_alloc<T>(ctx, b * l * v);
-    log_softmax_forward(ctc_log_probs_, logits, static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
+    op::log_softmax_forward(ctc_log_probs_, logits, static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
     ctc_log_alpha_ = activation_alloc<T>(ctx, b * ctc_loss_alpha_size(l, lt));
     T* per_utt = activation_alloc<T>(ctx, b);
     T total = 0;
-    ctc_loss_forward(per_utt, &total, ctc_log_alpha_, ctc_log_probs_, encoder_saved_.lengths, batch.text,
-                     batch.text_lengths, b, l, v, lt, ctx);
+    op::ctc_loss_forward(per_utt, &total, ctc_log_alpha_, ctc_log_probs_, encoder_saved_.lengths, batch.text,
+                         batch.text_lengths, b, l, v, lt, ctx);
     loss.ctc = static_cast<double>(total) / ctc_normalizer_;
   }
 
@@ -81,9 +79,9 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptio
                     dispatcher_, b, u, l, rng, ctx);
     l2r_lse_ = activation_alloc<T>(ctx, b * u);
     T l2r = 0;
-    label_smoothing_loss_forward(&l2r, l2r_lse_, &loss.num_tokens, &loss.num_correct, left_saved_.logits,
-                                 ys_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_, b * u,
-                                 v, ctx);
+    op::label_smoothing_loss_forward(&l2r, l2r_lse_, &loss.num_tokens, &loss.num_correct, left_saved_.logits,
+                                     ys_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_,
+                                     b * u, v, ctx);
     loss.att_l2r = static_cast<double>(l2r);
     if (run_r2l_) {
       r_in_ = activation_alloc<int32_t>(ctx, b * u);
@@ -95,7 +93,7 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptio
                       dispatcher_, b, u, l, rng, ctx);
       r2l_lse_ = activation_alloc<T>(ctx, b * u);
       T r2l = 0;
-      label_smoothing_loss_forward(
+      op::label_smoothing_loss_forward(
           &r2l, r2l_lse_, static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr), right_saved_.logits,
           r_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
       loss.att_r2l = static_cast<double>(r2l);
@@ -121,28 +119,29 @@ void U2ppModel<T>::backward(double loss_scale, const StepRng& rng, const RunCont
   if (run_att_) {
     const int64_t u = lt + 1;
     T* dlogits = activation_alloc<T>(ctx, b * u * v);
-    label_smoothing_loss_backward(dlogits, static_cast<T>(loss_scale * (1.0 - w) * (1.0 - rw)),
-                                  left_saved_.logits, l2r_lse_, ys_out_, config_.lsm_weight,
-                                  ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
+    op::label_smoothing_loss_backward(dlogits, static_cast<T>(loss_scale * (1.0 - w) * (1.0 - rw)),
+                                      left_saved_.logits, l2r_lse_, ys_out_, config_.lsm_weight,
+                                      ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
     decoder_backward(denc, left_saved_, dlogits, left_, dispatcher_, rng, ctx);
     if (run_r2l_) {
-      label_smoothing_loss_backward(dlogits, static_cast<T>(loss_scale * (1.0 - w) * rw), right_saved_.logits,
-                                    r2l_lse_, r_out_, config_.lsm_weight, ModelConfig::kIgnoreId,
-                                    att_normalizer_, b * u, v, ctx);
+      op::label_smoothing_loss_backward(dlogits, static_cast<T>(loss_scale * (1.0 - w) * rw),
+                                        right_saved_.logits, r2l_lse_, r_out_, config_.lsm_weight,
+                                        ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
       decoder_backward(denc, right_saved_, dlogits, right_, dispatcher_, rng, ctx);
     }
   }
   if (run_ctc_) {
     T* dlp = activation_alloc<T>(ctx, b * l * v);
-    ctc_loss_backward(dlp, static_cast<const T*>(nullptr), static_cast<T>(loss_scale * w / ctc_normalizer_),
-                      ctc_log_alpha_, ctc_log_probs_, encoder_saved_.lengths, batch_.text,
-                      batch_.text_lengths, b, l, v, lt, ctx);
+    op::ctc_loss_backward(dlp, static_cast<const T*>(nullptr),
+                          static_cast<T>(loss_scale * w / ctc_normalizer_), ctc_log_alpha_, ctc_log_probs_,
+                          encoder_saved_.lengths, batch_.text, batch_.text_lengths, b, l, v, lt, ctx);
     T* dlogits = activation_alloc<T>(ctx, b * l * v);
-    log_softmax_backward(dlogits, dlp, ctc_log_probs_, static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
+    op::log_softmax_backward(dlogits, dlp, ctc_log_probs_, static_cast<const uint8_t*>(nullptr), b * l, v,
+                             ctx);
     T* dx = activation_alloc<T>(ctx, b * l * d);
-    linear_backward(dx, ctc_lo_.weight.grad, ctc_lo_.bias.grad, dlogits, encoder_saved_.out,
-                    ctc_lo_.weight.value, b * l, d, v, ctx);
-    add_scaled_inplace(denc, dx, T(1), b * l * d, ctx);
+    op::linear_backward(dx, ctc_lo_.weight.grad, ctc_lo_.bias.grad, dlogits, encoder_saved_.out,
+                        ctc_lo_.weight.value, b * l, d, v, ctx);
+    op::add_scaled_inplace(denc, dx, T(1), b * l * d, ctx);
   }
   encoder_backward(encoder_saved_, denc, encoder_, dispatcher_, rng, ctx);
 }

@@ -1,0 +1,880 @@
+// kernels/ops.cc — the routing of kernels/ops.h: the CPU op when ctx.device is cpu, else its CUDA twin
+// (float only, CUDA builds only), with scratch for the CUDA ops from ctx.activations.
+#include "kernels/ops.h"
+
+#include <type_traits>
+
+#include "core/arena.h"
+#include "core/check.h"
+#include "kernels/cpu/ctc_loss.h"
+#include "kernels/cpu/dropout.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/grouped_linear.h"
+#include "kernels/cpu/label_smoothing_loss.h"
+#include "kernels/cpu/layout.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/masks.h"
+#include "kernels/cpu/moe_dispatch.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/softmax.h"
+
+#if MOEASR_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/conv_cuda.h"
+#include "kernels/cuda/ctc_loss_cuda.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dropout_cuda.h"
+#include "kernels/cuda/elementwise_cuda.h"
+#include "kernels/cuda/embedding_cuda.h"
+#include "kernels/cuda/gemm_cuda.h"
+#include "kernels/cuda/grouped_gemm_cuda.h"
+#include "kernels/cuda/label_smoothing_loss_cuda.h"
+#include "kernels/cuda/layout_cuda.h"
+#include "kernels/cuda/linear_cuda.h"
+#include "kernels/cuda/masks_cuda.h"
+#include "kernels/cuda/moe_dispatch_cuda.h"
+#include "kernels/cuda/norm_cuda.h"
+#include "kernels/cuda/softmax_cuda.h"
+#endif
+
+namespace moeasr::op {
+namespace {
+
+[[noreturn]] void fail_on_device(const char* op, const char* why) {
+  CHECK(false) << "op " << op << " on the CUDA device: " << why;
+  __builtin_unreachable();
+}
+
+// `bytes` of scratch in the memory of ctx.device, from the step's activation arena.
+[[maybe_unused]] void* device_scratch(const RunContext& ctx, size_t bytes) {
+  CHECK(ctx.activations != nullptr) << "RunContext.activations is not set (ops take their scratch from it)";
+  return bytes == 0 ? nullptr : ctx.activations->allocate_bytes(static_cast<int64_t>(bytes));
+}
+
+template <class T>
+T* host_scratch(const RunContext& ctx, int64_t n) {
+  CHECK(ctx.activations != nullptr) << "RunContext.activations is not set (ops take their scratch from it)";
+  return ctx.activations->allocate_array<T>(n);
+}
+
+}  // namespace
+
+#if MOEASR_WITH_CUDA
+// The CUDA twin for float; any other T on the device is refused.
+#define MOEASR_OP_ON_CUDA(T, name, ...)                                                          \
+  do {                                                                                           \
+    if constexpr (std::is_same_v<T, float>) {                                                    \
+      __VA_ARGS__                                                                                \
+    } else {                                                                                     \
+      fail_on_device(name, "only float tensors run on the GPU (double is for gradient checks)"); \
+    }                                                                                            \
+  } while (0)
+#else
+#define MOEASR_OP_ON_CUDA(T, name, ...) \
+  fail_on_device(name, "this build has no CUDA backend (configure with -DMOEASR_CUDA=ON)")
+#endif
+
+template <class T>
+void add_forward(T* out, const T* a, const T* b, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::add_forward(out, a, b, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "add_forward", { add_forward_cuda(out, a, b, n, ctx); });
+}
+
+template <class T>
+void add_backward(T* da, T* db, const T* dout, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::add_backward(da, db, dout, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "add_backward", { add_backward_cuda(da, db, dout, n, ctx); });
+}
+
+template <class T>
+void scale_forward(T* out, const T* x, T alpha, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::scale_forward(out, x, alpha, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "scale_forward", { scale_forward_cuda(out, x, alpha, n, ctx); });
+}
+
+template <class T>
+void scale_backward(T* dx, const T* dout, T alpha, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::scale_backward(dx, dout, alpha, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "scale_backward", { scale_backward_cuda(dx, dout, alpha, n, ctx); });
+}
+
+template <class T>
+void residual_add_forward(T* out, const T* x, const T* y, T alpha, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::residual_add_forward(out, x, y, alpha, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "residual_add_forward", { residual_add_forward_cuda(out, x, y, alpha, n, ctx); });
+}
+
+template <class T>
+void residual_add_backward(T* dx, T* dy, const T* dout, T alpha, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::residual_add_backward(dx, dy, dout, alpha, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "residual_add_backward", { residual_add_backward_cuda(dx, dy, dout, alpha, n, ctx); });
+}
+
+template <class T>
+void add_scaled_inplace(T* acc, const T* x, T alpha, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::add_scaled_inplace(acc, x, alpha, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "add_scaled_inplace", { add_scaled_inplace_cuda(acc, x, alpha, n, ctx); });
+}
+
+template <class T>
+void relu_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::relu_forward(out, x, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "relu_forward", { relu_forward_cuda(out, x, n, ctx); });
+}
+
+template <class T>
+void relu_backward(T* dx, const T* dout, const T* x, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::relu_backward(dx, dout, x, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "relu_backward", { relu_backward_cuda(dx, dout, x, n, ctx); });
+}
+
+template <class T>
+void silu_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::silu_forward(out, x, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "silu_forward", { silu_forward_cuda(out, x, n, ctx); });
+}
+
+template <class T>
+void silu_backward(T* dx, const T* dout, const T* x, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::silu_backward(dx, dout, x, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "silu_backward", { silu_backward_cuda(dx, dout, x, n, ctx); });
+}
+
+template <class T>
+void sigmoid_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::sigmoid_forward(out, x, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "sigmoid_forward", { sigmoid_forward_cuda(out, x, n, ctx); });
+}
+
+template <class T>
+void sigmoid_backward(T* dx, const T* dout, const T* out, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::sigmoid_backward(dx, dout, out, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "sigmoid_backward", { sigmoid_backward_cuda(dx, dout, out, n, ctx); });
+}
+
+template <class T>
+void glu_forward(T* out, const T* x, int64_t n, int64_t c, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::glu_forward(out, x, n, c, ctx);
+  MOEASR_OP_ON_CUDA(T, "glu_forward", { glu_forward_cuda(out, x, n, c, ctx); });
+}
+
+template <class T>
+void glu_backward(T* dx, const T* dout, const T* x, int64_t n, int64_t c, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::glu_backward(dx, dout, x, n, c, ctx);
+  MOEASR_OP_ON_CUDA(T, "glu_backward", { glu_backward_cuda(dx, dout, x, n, c, ctx); });
+}
+
+template <class T>
+void fill_constant(T* out, T value, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::fill_constant(out, value, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "fill_constant", { fill_constant_cuda(out, value, n, ctx); });
+}
+
+template <class T>
+void copy_elements(T* dst, const T* src, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::copy_elements(dst, src, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "copy_elements", { copy_elements_cuda(dst, src, n, ctx); });
+}
+
+template <class T>
+void transpose_middle_forward(T* dst, const T* src, int64_t outer, int64_t rows_i, int64_t cols_j,
+                              int64_t inner, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::transpose_middle_forward(dst, src, outer, rows_i, cols_j, inner, ctx);
+  MOEASR_OP_ON_CUDA(T, "transpose_middle_forward",
+                    { transpose_middle_forward_cuda(dst, src, outer, rows_i, cols_j, inner, ctx); });
+}
+
+template <class T>
+void transpose_middle_backward(T* dsrc, const T* ddst, int64_t outer, int64_t rows_i, int64_t cols_j,
+                               int64_t inner, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::transpose_middle_backward(dsrc, ddst, outer, rows_i, cols_j, inner, ctx);
+  MOEASR_OP_ON_CUDA(T, "transpose_middle_backward",
+                    { transpose_middle_backward_cuda(dsrc, ddst, outer, rows_i, cols_j, inner, ctx); });
+}
+
+template <class T>
+void split_heads_forward(T* dst, const T* src, const T* bias, int64_t batch, int64_t steps, int64_t heads,
+                         int64_t d_k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::split_heads_forward(dst, src, bias, batch, steps, heads, d_k, ctx);
+  MOEASR_OP_ON_CUDA(T, "split_heads_forward",
+                    { split_heads_forward_cuda(dst, src, bias, batch, steps, heads, d_k, ctx); });
+}
+
+template <class T>
+void split_heads_backward(T* dsrc, T* dbias, const T* dout, int64_t batch, int64_t steps, int64_t heads,
+                          int64_t d_k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::split_heads_backward(dsrc, dbias, dout, batch, steps, heads, d_k, ctx);
+  MOEASR_OP_ON_CUDA(T, "split_heads_backward",
+                    { split_heads_backward_cuda(dsrc, dbias, dout, batch, steps, heads, d_k, ctx); });
+}
+
+template <class T>
+void masked_pad_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
+                             int64_t lpad, int64_t channels, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::masked_pad_rows_forward(dst, src, mask, batch, time, lpad, channels, ctx);
+  MOEASR_OP_ON_CUDA(T, "masked_pad_rows_forward",
+                    { masked_pad_rows_forward_cuda(dst, src, mask, batch, time, lpad, channels, ctx); });
+}
+
+template <class T>
+void masked_pad_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
+                              int64_t lpad, int64_t channels, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::masked_pad_rows_backward(dst, src, mask, batch, time, lpad, channels, ctx);
+  MOEASR_OP_ON_CUDA(T, "masked_pad_rows_backward",
+                    { masked_pad_rows_backward_cuda(dst, src, mask, batch, time, lpad, channels, ctx); });
+}
+
+template <class T>
+void masked_crop_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
+                              int64_t lpad, int64_t channels, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::masked_crop_rows_forward(dst, src, mask, batch, time, lpad, channels, ctx);
+  MOEASR_OP_ON_CUDA(T, "masked_crop_rows_forward",
+                    { masked_crop_rows_forward_cuda(dst, src, mask, batch, time, lpad, channels, ctx); });
+}
+
+template <class T>
+void masked_crop_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
+                               int64_t lpad, int64_t channels, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::masked_crop_rows_backward(dst, src, mask, batch, time, lpad, channels, ctx);
+  MOEASR_OP_ON_CUDA(T, "masked_crop_rows_backward",
+                    { masked_crop_rows_backward_cuda(dst, src, mask, batch, time, lpad, channels, ctx); });
+}
+
+template <class T>
+void cmvn_normalize_forward(T* out, const T* x, const T* mean, const T* istd, int64_t rows, int64_t feat,
+                            const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::cmvn_normalize_forward(out, x, mean, istd, rows, feat, ctx);
+  MOEASR_OP_ON_CUDA(T, "cmvn_normalize_forward",
+                    { cmvn_normalize_forward_cuda(out, x, mean, istd, rows, feat, ctx); });
+}
+
+template <class T>
+void scale_add_table_forward(T* out, const T* x, const T* table, T scale, int64_t batch, int64_t time,
+                             int64_t d, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::scale_add_table_forward(out, x, table, scale, batch, time, d, ctx);
+  MOEASR_OP_ON_CUDA(T, "scale_add_table_forward",
+                    { scale_add_table_forward_cuda(out, x, table, scale, batch, time, d, ctx); });
+}
+
+template <class T>
+void scale_add_table_backward(T* dx, const T* dout, T scale, int64_t batch, int64_t time, int64_t d,
+                              const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::scale_add_table_backward(dx, dout, scale, batch, time, d, ctx);
+  MOEASR_OP_ON_CUDA(T, "scale_add_table_backward",
+                    { scale_add_table_backward_cuda(dx, dout, scale, batch, time, d, ctx); });
+}
+
+template <class T>
+void linear_forward(T* y, const T* x, const T* weight, const T* bias, int64_t n, int64_t in_features,
+                    int64_t out_features, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::linear_forward(y, x, weight, bias, n, in_features, out_features, ctx);
+  MOEASR_OP_ON_CUDA(T, "linear_forward", {
+    linear_forward_cuda(y, nullptr, 0, x, weight, bias, n, in_features, out_features, ctx);
+  });
+}
+
+template <class T>
+void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int64_t n,
+                     int64_t in_features, int64_t out_features, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::linear_backward(dx, dweight, dbias, dy, x, weight, n, in_features, out_features, ctx);
+  MOEASR_OP_ON_CUDA(T, "linear_backward", {
+    linear_backward_cuda(dx, dweight, dbias, nullptr, 0, dy, x, weight, n, in_features, out_features, ctx);
+  });
+}
+
+template <class T>
+void grouped_linear_forward(T* y, const T* x, const T* weight, const T* bias, const int64_t* expert_offsets,
+                            int64_t m_max, int64_t n_experts, int64_t in_features, int64_t out_features,
+                            const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::grouped_linear_forward(y, x, weight, bias, expert_offsets, m_max, n_experts, in_features,
+                                          out_features, ctx);
+  MOEASR_OP_ON_CUDA(T, "grouped_linear_forward", {
+    grouped_gemm_forward_cuda(y, x, weight, bias, expert_offsets, m_max, n_experts, in_features, out_features,
+                              ctx);
+  });
+}
+
+template <class T>
+void grouped_linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
+                             const int64_t* expert_offsets, int64_t m_max, int64_t n_experts,
+                             int64_t in_features, int64_t out_features, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::grouped_linear_backward(dx, dweight, dbias, dy, x, weight, expert_offsets, m_max,
+                                           n_experts, in_features, out_features, ctx);
+  MOEASR_OP_ON_CUDA(T, "grouped_linear_backward", {
+    grouped_gemm_backward_cuda(dx, dweight, dbias, dy, x, weight, expert_offsets, m_max, n_experts,
+                               in_features, out_features, ctx);
+  });
+}
+
+template <class T>
+void gemm_strided_batched(T* c, const T* a, const T* b, Transpose trans_a, Transpose trans_b, int64_t m,
+                          int64_t n, int64_t k, T alpha, T beta, int64_t lda, int64_t ldb, int64_t ldc,
+                          int64_t stride_a, int64_t stride_b, int64_t stride_c, int64_t batch,
+                          const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::gemm_strided_batched(c, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc,
+                                        stride_a, stride_b, stride_c, batch, ctx);
+  MOEASR_OP_ON_CUDA(T, "gemm_strided_batched", {
+    gemm_strided_batched_cuda(c, nullptr, 0, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc,
+                              stride_a, stride_b, stride_c, batch, ctx);
+  });
+}
+
+template <class T>
+void batched_matmul_forward(T* out, const T* a, const T* b, Transpose trans_b, int64_t groups, int64_t m,
+                            int64_t n, int64_t k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::batched_matmul_forward(out, a, b, trans_b, groups, m, n, k, ctx);
+  MOEASR_OP_ON_CUDA(T, "batched_matmul_forward",
+                    { batched_matmul_forward_cuda(out, nullptr, 0, a, b, trans_b, groups, m, n, k, ctx); });
+}
+
+template <class T>
+void batched_matmul_backward(T* da, T* db, const T* dout, const T* a, const T* b, Transpose trans_b,
+                             int64_t groups, int64_t m, int64_t n, int64_t k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::batched_matmul_backward(da, db, dout, a, b, trans_b, groups, m, n, k, ctx);
+  MOEASR_OP_ON_CUDA(T, "batched_matmul_backward", {
+    batched_matmul_backward_cuda(da, db, nullptr, 0, dout, a, b, trans_b, groups, m, n, k, ctx);
+  });
+}
+
+template <class T>
+void softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_t cols,
+                     const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::softmax_forward(y, x, mask, rows, cols, ctx);
+  MOEASR_OP_ON_CUDA(T, "softmax_forward", { softmax_forward_cuda(y, x, mask, rows, cols, ctx); });
+}
+
+template <class T>
+void softmax_backward(T* dx, const T* dy, const T* y, int64_t rows, int64_t cols, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::softmax_backward(dx, dy, y, rows, cols, ctx);
+  MOEASR_OP_ON_CUDA(T, "softmax_backward", { softmax_backward_cuda(dx, dy, y, rows, cols, ctx); });
+}
+
+template <class T>
+void log_softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_t cols,
+                         const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::log_softmax_forward(y, x, mask, rows, cols, ctx);
+  MOEASR_OP_ON_CUDA(T, "log_softmax_forward", { log_softmax_forward_cuda(y, x, mask, rows, cols, ctx); });
+}
+
+template <class T>
+void log_softmax_backward(T* dx, const T* dy, const T* y, const uint8_t* mask, int64_t rows, int64_t cols,
+                          const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::log_softmax_backward(dx, dy, y, mask, rows, cols, ctx);
+  MOEASR_OP_ON_CUDA(T, "log_softmax_backward",
+                    { log_softmax_backward_cuda(dx, dy, y, mask, rows, cols, ctx); });
+}
+
+template <class T>
+void attention_softmax_forward(T* probs, const T* scores, const uint8_t* mask, int64_t batch, int64_t heads,
+                               int64_t queries, int64_t keys, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::attention_softmax_forward(probs, scores, mask, batch, heads, queries, keys, ctx);
+  MOEASR_OP_ON_CUDA(T, "attention_softmax_forward", {
+    attention_softmax_forward_cuda(probs, scores, mask, batch, heads, queries, keys, ctx);
+  });
+}
+
+template <class T>
+void attention_softmax_backward(T* dscores, const T* dprobs, const T* probs, int64_t batch, int64_t heads,
+                                int64_t queries, int64_t keys, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::attention_softmax_backward(dscores, dprobs, probs, batch, heads, queries, keys, ctx);
+  MOEASR_OP_ON_CUDA(T, "attention_softmax_backward", {
+    attention_softmax_backward_cuda(dscores, dprobs, probs, batch, heads, queries, keys, ctx);
+  });
+}
+
+template <class T>
+void dropout_forward(T* y, const T* x, const PhiloxStream& stream, double p, int64_t n,
+                     const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::dropout_forward(y, x, stream, p, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "dropout_forward", { dropout_forward_cuda(y, x, stream, p, n, ctx); });
+}
+
+template <class T>
+void dropout_backward(T* dx, const T* dy, const PhiloxStream& stream, double p, int64_t n,
+                      const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::dropout_backward(dx, dy, stream, p, n, ctx);
+  MOEASR_OP_ON_CUDA(T, "dropout_backward", { dropout_backward_cuda(dx, dy, stream, p, n, ctx); });
+}
+
+template <class T>
+void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias, T eps,
+                        int64_t n, int64_t c, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::layer_norm_forward(out, mean, rstd, x, weight, bias, eps, n, c, ctx);
+  MOEASR_OP_ON_CUDA(T, "layer_norm_forward",
+                    { layer_norm_forward_cuda(out, mean, rstd, x, weight, bias, eps, n, c, ctx); });
+}
+
+template <class T>
+void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* mean, const T* rstd,
+                         const T* weight, int64_t n, int64_t c, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::layer_norm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, n, c, ctx);
+  MOEASR_OP_ON_CUDA(T, "layer_norm_backward", {
+    const size_t workspace_bytes = layer_norm_workspace_bytes(n, c);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    layer_norm_backward_cuda(dx, dweight, dbias, dout, x, mean, rstd, weight, n, c, workspace,
+                             workspace_bytes, ctx);
+  });
+}
+
+template <class T>
+void batch_norm_train_forward(T* out, T* save_mean, T* save_rstd, T* running_mean, T* running_var, const T* x,
+                              const T* weight, const T* bias, T momentum, T eps, int64_t n, int64_t c,
+                              const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::batch_norm_train_forward(out, save_mean, save_rstd, running_mean, running_var, x, weight,
+                                            bias, momentum, eps, n, c, ctx);
+  MOEASR_OP_ON_CUDA(T, "batch_norm_train_forward", {
+    const size_t workspace_bytes = batch_norm_workspace_bytes(n, c);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    batch_norm_train_forward_cuda(out, save_mean, save_rstd, running_mean, running_var, x, weight, bias,
+                                  momentum, eps, n, c, workspace, workspace_bytes, ctx);
+  });
+}
+
+template <class T>
+void batch_norm_train_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* save_mean,
+                               const T* save_rstd, const T* weight, int64_t n, int64_t c,
+                               const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::batch_norm_train_backward(dx, dweight, dbias, dout, x, save_mean, save_rstd, weight, n, c,
+                                             ctx);
+  MOEASR_OP_ON_CUDA(T, "batch_norm_train_backward", {
+    const size_t workspace_bytes = batch_norm_workspace_bytes(n, c);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    batch_norm_train_backward_cuda(dx, dweight, dbias, dout, x, save_mean, save_rstd, weight, n, c, workspace,
+                                   workspace_bytes, ctx);
+  });
+}
+
+template <class T>
+void batch_norm_eval_forward(T* out, const T* x, const T* running_mean, const T* running_var, const T* weight,
+                             const T* bias, T eps, int64_t n, int64_t c, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::batch_norm_eval_forward(out, x, running_mean, running_var, weight, bias, eps, n, c, ctx);
+  MOEASR_OP_ON_CUDA(T, "batch_norm_eval_forward", {
+    batch_norm_eval_forward_cuda(out, x, running_mean, running_var, weight, bias, eps, n, c, ctx);
+  });
+}
+
+template <class T>
+void batch_norm_eval_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* running_mean,
+                              const T* running_var, const T* weight, T eps, int64_t n, int64_t c,
+                              const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::batch_norm_eval_backward(dx, dweight, dbias, dout, x, running_mean, running_var, weight,
+                                            eps, n, c, ctx);
+  MOEASR_OP_ON_CUDA(T, "batch_norm_eval_backward", {
+    const size_t workspace_bytes = batch_norm_workspace_bytes(n, c);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    batch_norm_eval_backward_cuda(dx, dweight, dbias, dout, x, running_mean, running_var, weight, eps, n, c,
+                                  workspace, workspace_bytes, ctx);
+  });
+}
+
+template <class T>
+void conv2d_3x3s2_forward(T* y, const T* x, const T* weight, const T* bias, int64_t batch,
+                          int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
+                          const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::conv2d_3x3s2_forward(
+        y, host_scratch<T>(ctx, conv2d_3x3s2_workspace_elems(in_channels, height, width)), x, weight, bias,
+        batch, in_channels, out_channels, height, width, ctx);
+  MOEASR_OP_ON_CUDA(T, "conv2d_3x3s2_forward", {
+    const size_t workspace_bytes =
+        conv2d_3x3s2_cuda_workspace_bytes<T>(batch, in_channels, out_channels, height, width, ctx);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    conv2d_3x3s2_forward_cuda(y, workspace, workspace_bytes, x, weight, bias, batch, in_channels,
+                              out_channels, height, width, ctx);
+  });
+}
+
+template <class T>
+void conv2d_3x3s2_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
+                           int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
+                           int64_t width, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::conv2d_3x3s2_backward(
+        dx, dweight, dbias, host_scratch<T>(ctx, conv2d_3x3s2_workspace_elems(in_channels, height, width)),
+        dy, x, weight, batch, in_channels, out_channels, height, width, ctx);
+  MOEASR_OP_ON_CUDA(T, "conv2d_3x3s2_backward", {
+    const size_t workspace_bytes =
+        conv2d_3x3s2_cuda_workspace_bytes<T>(batch, in_channels, out_channels, height, width, ctx);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    conv2d_3x3s2_backward_cuda(dx, dweight, dbias, workspace, workspace_bytes, dy, x, weight, batch,
+                               in_channels, out_channels, height, width, ctx);
+  });
+}
+
+template <class T>
+void depthwise_conv1d_forward(T* y, const T* x, const T* weight, const T* bias, Conv1dPadding padding,
+                              int64_t batch, int64_t time, int64_t channels, int64_t kernel_size,
+                              const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::depthwise_conv1d_forward(y, x, weight, bias, padding, batch, time, channels, kernel_size,
+                                            ctx);
+  MOEASR_OP_ON_CUDA(T, "depthwise_conv1d_forward", {
+    depthwise_conv1d_forward_cuda(y, x, weight, bias, padding, batch, time, channels, kernel_size, ctx);
+  });
+}
+
+template <class T>
+void depthwise_conv1d_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
+                               Conv1dPadding padding, int64_t batch, int64_t time, int64_t channels,
+                               int64_t kernel_size, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::depthwise_conv1d_backward(dx, dweight, dbias, dy, x, weight, padding, batch, time,
+                                             channels, kernel_size, ctx);
+  MOEASR_OP_ON_CUDA(T, "depthwise_conv1d_backward", {
+    depthwise_conv1d_backward_cuda(dx, dweight, dbias, dy, x, weight, padding, batch, time, channels,
+                                   kernel_size, ctx);
+  });
+}
+
+template <class T>
+void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t n, int64_t vocab, int64_t dim,
+                       const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::embedding_forward(out, ids, table, n, vocab, dim, ctx);
+  MOEASR_OP_ON_CUDA(T, "embedding_forward", { embedding_forward_cuda(out, ids, table, n, vocab, dim, ctx); });
+}
+
+template <class T>
+void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t n, int64_t vocab, int64_t dim,
+                        const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::embedding_backward(dtable, dout, ids, n, vocab, dim, ctx);
+  MOEASR_OP_ON_CUDA(T, "embedding_backward",
+                    { embedding_backward_cuda(dtable, dout, ids, n, vocab, dim, ctx); });
+}
+
+void make_valid_mask(uint8_t* mask, const int32_t* lengths, int64_t batch, int64_t max_len,
+                     const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::make_valid_mask(mask, lengths, batch, max_len, ctx);
+  MOEASR_OP_ON_CUDA(float, "make_valid_mask", { make_valid_mask_cuda(mask, lengths, batch, max_len, ctx); });
+}
+
+void make_causal_mask(uint8_t* mask, int64_t length, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::make_causal_mask(mask, length, ctx);
+  MOEASR_OP_ON_CUDA(float, "make_causal_mask", { make_causal_mask_cuda(mask, length, ctx); });
+}
+
+void make_chunk_mask(uint8_t* mask, int64_t chunk_size, int64_t num_left_chunks, int64_t length,
+                     const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::make_chunk_mask(mask, chunk_size, num_left_chunks, length, ctx);
+  MOEASR_OP_ON_CUDA(float, "make_chunk_mask",
+                    { make_chunk_mask_cuda(mask, chunk_size, num_left_chunks, length, ctx); });
+}
+
+void make_chunk_attention_mask(uint8_t* mask, const int32_t* lengths, int64_t chunk_size,
+                               int64_t num_left_chunks, int64_t batch, int64_t length,
+                               const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::make_chunk_attention_mask(mask, lengths, chunk_size, num_left_chunks, batch, length, ctx);
+  MOEASR_OP_ON_CUDA(float, "make_chunk_attention_mask", {
+    make_chunk_attention_mask_cuda(mask, lengths, chunk_size, num_left_chunks, batch, length, ctx);
+  });
+}
+
+void make_decoder_self_attention_mask(uint8_t* mask, const int32_t* lengths, int64_t batch, int64_t length,
+                                      const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::make_decoder_self_attention_mask(mask, lengths, batch, length, ctx);
+  MOEASR_OP_ON_CUDA(float, "make_decoder_self_attention_mask",
+                    { make_decoder_self_attention_mask_cuda(mask, lengths, batch, length, ctx); });
+}
+
+void make_cross_attention_mask(uint8_t* mask, const uint8_t* memory_valid, int64_t batch, int64_t steps,
+                               int64_t frames, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::make_cross_attention_mask(mask, memory_valid, batch, steps, frames, ctx);
+  MOEASR_OP_ON_CUDA(float, "make_cross_attention_mask",
+                    { make_cross_attention_mask_cuda(mask, memory_valid, batch, steps, frames, ctx); });
+}
+
+template <class T>
+void moe_topk_forward(T* values, int32_t* indices, const T* logits, int64_t n, int64_t n_experts, int64_t k,
+                      const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::moe_topk_forward(values, indices, logits, n, n_experts, k, ctx);
+  MOEASR_OP_ON_CUDA(T, "moe_topk_forward",
+                    { moe_topk_forward_cuda(values, indices, logits, n, n_experts, k, ctx); });
+}
+
+template <class T>
+void moe_topk_backward(T* dlogits, const T* dvalues, const int32_t* indices, int64_t n, int64_t n_experts,
+                       int64_t k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::moe_topk_backward(dlogits, dvalues, indices, n, n_experts, k, ctx);
+  MOEASR_OP_ON_CUDA(T, "moe_topk_backward",
+                    { moe_topk_backward_cuda(dlogits, dvalues, indices, n, n_experts, k, ctx); });
+}
+
+template <class T>
+void moe_routing_softmax_forward(T* weights, const T* values, int64_t n, int64_t k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::moe_routing_softmax_forward(weights, values, n, k, ctx);
+  MOEASR_OP_ON_CUDA(T, "moe_routing_softmax_forward",
+                    { moe_routing_softmax_forward_cuda(weights, values, n, k, ctx); });
+}
+
+template <class T>
+void moe_routing_softmax_backward(T* dvalues, const T* dweights, const T* weights, int64_t n, int64_t k,
+                                  const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::moe_routing_softmax_backward(dvalues, dweights, weights, n, k, ctx);
+  MOEASR_OP_ON_CUDA(T, "moe_routing_softmax_backward",
+                    { moe_routing_softmax_backward_cuda(dvalues, dweights, weights, n, k, ctx); });
+}
+
+template <class T>
+void moe_permute_forward(T* permuted, const T* x, const int32_t* dest, int64_t n, int64_t m, int64_t k,
+                         int64_t d, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::moe_permute_forward(permuted, x, dest, n, m, k, d, ctx);
+  MOEASR_OP_ON_CUDA(T, "moe_permute_forward",
+                    { moe_permute_forward_cuda(permuted, x, dest, n, m, k, d, ctx); });
+}
+
+template <class T>
+void moe_permute_backward(T* dx, const T* dpermuted, const int32_t* dest, int64_t n, int64_t m, int64_t k,
+                          int64_t d, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::moe_permute_backward(dx, dpermuted, dest, n, m, k, d, ctx);
+  MOEASR_OP_ON_CUDA(T, "moe_permute_backward",
+                    { moe_permute_backward_cuda(dx, dpermuted, dest, n, m, k, d, ctx); });
+}
+
+template <class T>
+void moe_unpermute_forward(T* out, const T* y, const T* weights, const int32_t* dest, int64_t n, int64_t m,
+                           int64_t k, int64_t d, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::moe_unpermute_forward(out, y, weights, dest, n, m, k, d, ctx);
+  MOEASR_OP_ON_CUDA(T, "moe_unpermute_forward",
+                    { moe_unpermute_forward_cuda(out, y, weights, dest, n, m, k, d, ctx); });
+}
+
+template <class T>
+void moe_unpermute_backward(T* dy, T* dweights, const T* dout, const T* y, const T* weights,
+                            const int32_t* dest, int64_t n, int64_t m, int64_t k, int64_t d,
+                            const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::moe_unpermute_backward(dy, dweights, dout, y, weights, dest, n, m, k, d, ctx);
+  MOEASR_OP_ON_CUDA(T, "moe_unpermute_backward",
+                    { moe_unpermute_backward_cuda(dy, dweights, dout, y, weights, dest, n, m, k, d, ctx); });
+}
+
+int64_t moe_permute_plan(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
+                         const int32_t* indices, const uint8_t* token_mask, int64_t n, int64_t n_experts,
+                         int64_t k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::moe_permute_plan(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k,
+                                    ctx);
+  int64_t m = 0;
+  MOEASR_OP_ON_CUDA(float, "moe_permute_plan", {
+    const size_t workspace_bytes = moe_permute_plan_workspace_bytes(n, n_experts, k);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    moe_permute_plan_cuda(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k,
+                          workspace, workspace_bytes, ctx);
+    // Host synchronisation (documented in ops.h): M sizes the permuted buffers and the exchange.
+    auto stream = static_cast<cudaStream_t>(ctx.cuda_stream);
+    CUDA_CHECK(
+        cudaMemcpyAsync(&m, expert_offsets + n_experts, sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  });
+  return m;
+}
+
+template <class T>
+void ctc_loss_forward(T* loss, T* total_loss, T* log_alpha, const T* log_probs, const int32_t* input_lengths,
+                      const int32_t* targets, const int32_t* target_lengths, int64_t batch, int64_t max_time,
+                      int64_t vocab, int64_t max_target_length, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::ctc_loss_forward(loss, total_loss, log_alpha, log_probs, input_lengths, targets,
+                                    target_lengths, batch, max_time, vocab, max_target_length, ctx);
+  MOEASR_OP_ON_CUDA(T, "ctc_loss_forward", {
+    ctc_loss_forward_cuda(loss, total_loss, log_alpha, log_probs, input_lengths, targets, target_lengths,
+                          batch, max_time, vocab, max_target_length, ctx);
+  });
+}
+
+template <class T>
+void ctc_loss_backward(T* dlog_probs, const T* dloss, T dtotal_loss, const T* log_alpha, const T* log_probs,
+                       const int32_t* input_lengths, const int32_t* targets, const int32_t* target_lengths,
+                       int64_t batch, int64_t max_time, int64_t vocab, int64_t max_target_length,
+                       const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::ctc_loss_backward(dlog_probs, dloss, dtotal_loss, log_alpha, log_probs, input_lengths,
+                                     targets, target_lengths, batch, max_time, vocab, max_target_length, ctx);
+  MOEASR_OP_ON_CUDA(T, "ctc_loss_backward", {
+    ctc_loss_backward_cuda(dlog_probs, dloss, dtotal_loss, log_alpha, log_probs, input_lengths, targets,
+                           target_lengths, batch, max_time, vocab, max_target_length, ctx);
+  });
+}
+
+template <class T>
+void label_smoothing_loss_forward(T* loss, T* log_sum_exp, int64_t* num_kept, int64_t* num_correct,
+                                  const T* logits, const int32_t* targets, double smoothing,
+                                  int32_t ignore_id, double normalizer, int64_t n, int64_t vocab,
+                                  const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::label_smoothing_loss_forward(loss, log_sum_exp, num_kept, num_correct, logits, targets,
+                                                smoothing, ignore_id, normalizer, n, vocab, ctx);
+  MOEASR_OP_ON_CUDA(T, "label_smoothing_loss_forward", {
+    const size_t workspace_bytes = label_smoothing_loss_workspace_bytes(n);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    label_smoothing_loss_forward_cuda(loss, log_sum_exp, num_kept, num_correct, logits, targets, smoothing,
+                                      ignore_id, normalizer, n, vocab, workspace, workspace_bytes, ctx);
+  });
+}
+
+template <class T>
+void label_smoothing_loss_backward(T* dlogits, T dloss, const T* logits, const T* log_sum_exp,
+                                   const int32_t* targets, double smoothing, int32_t ignore_id,
+                                   double normalizer, int64_t n, int64_t vocab, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::label_smoothing_loss_backward(dlogits, dloss, logits, log_sum_exp, targets, smoothing,
+                                                 ignore_id, normalizer, n, vocab, ctx);
+  MOEASR_OP_ON_CUDA(T, "label_smoothing_loss_backward", {
+    label_smoothing_loss_backward_cuda(dlogits, dloss, logits, log_sum_exp, targets, smoothing, ignore_id,
+                                       normalizer, n, vocab, ctx);
+  });
+}
+
+#undef MOEASR_OP_ON_CUDA
+
+#define MOEASR_INSTANTIATE_OPS(T)                                                                            \
+  template void add_forward<T>(T*, const T*, const T*, int64_t, const RunContext&);                          \
+  template void add_backward<T>(T*, T*, const T*, int64_t, const RunContext&);                               \
+  template void scale_forward<T>(T*, const T*, T, int64_t, const RunContext&);                               \
+  template void scale_backward<T>(T*, const T*, T, int64_t, const RunContext&);                              \
+  template void residual_add_forward<T>(T*, const T*, const T*, T, int64_t, const RunContext&);              \
+  template void residual_add_backward<T>(T*, T*, const T*, T, int64_t, const RunContext&);                   \
+  template void add_scaled_inplace<T>(T*, const T*, T, int64_t, const RunContext&);                          \
+  template void relu_forward<T>(T*, const T*, int64_t, const RunContext&);                                   \
+  template void relu_backward<T>(T*, const T*, const T*, int64_t, const RunContext&);                        \
+  template void silu_forward<T>(T*, const T*, int64_t, const RunContext&);                                   \
+  template void silu_backward<T>(T*, const T*, const T*, int64_t, const RunContext&);                        \
+  template void sigmoid_forward<T>(T*, const T*, int64_t, const RunContext&);                                \
+  template void sigmoid_backward<T>(T*, const T*, const T*, int64_t, const RunContext&);                     \
+  template void glu_forward<T>(T*, const T*, int64_t, int64_t, const RunContext&);                           \
+  template void glu_backward<T>(T*, const T*, const T*, int64_t, int64_t, const RunContext&);                \
+  template void fill_constant<T>(T*, T, int64_t, const RunContext&);                                         \
+  template void copy_elements<T>(T*, const T*, int64_t, const RunContext&);                                  \
+  template void transpose_middle_forward<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t,                \
+                                            const RunContext&);                                              \
+  template void transpose_middle_backward<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t,               \
+                                             const RunContext&);                                             \
+  template void split_heads_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,           \
+                                       const RunContext&);                                                   \
+  template void split_heads_backward<T>(T*, T*, const T*, int64_t, int64_t, int64_t, int64_t,                \
+                                        const RunContext&);                                                  \
+  template void masked_pad_rows_forward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, int64_t, int64_t, \
+                                           const RunContext&);                                               \
+  template void masked_pad_rows_backward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, int64_t,         \
+                                            int64_t, const RunContext&);                                     \
+  template void masked_crop_rows_forward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, int64_t,         \
+                                            int64_t, const RunContext&);                                     \
+  template void masked_crop_rows_backward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, int64_t,        \
+                                             int64_t, const RunContext&);                                    \
+  template void cmvn_normalize_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t,                \
+                                          const RunContext&);                                                \
+  template void scale_add_table_forward<T>(T*, const T*, const T*, T, int64_t, int64_t, int64_t,             \
+                                           const RunContext&);                                               \
+  template void scale_add_table_backward<T>(T*, const T*, T, int64_t, int64_t, int64_t, const RunContext&);  \
+  template void linear_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,               \
+                                  const RunContext&);                                                        \
+  template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,      \
+                                   const RunContext&);                                                       \
+  template void grouped_linear_forward<T>(T*, const T*, const T*, const T*, const int64_t*, int64_t,         \
+                                          int64_t, int64_t, int64_t, const RunContext&);                     \
+  template void grouped_linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, const int64_t*,         \
+                                           int64_t, int64_t, int64_t, int64_t, const RunContext&);           \
+  template void gemm_strided_batched<T>(T*, const T*, const T*, Transpose, Transpose, int64_t, int64_t,      \
+                                        int64_t, T, T, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                        int64_t, const RunContext&);                                         \
+  template void batched_matmul_forward<T>(T*, const T*, const T*, Transpose, int64_t, int64_t, int64_t,      \
+                                          int64_t, const RunContext&);                                       \
+  template void batched_matmul_backward<T>(T*, T*, const T*, const T*, const T*, Transpose, int64_t,         \
+                                           int64_t, int64_t, int64_t, const RunContext&);                    \
+  template void softmax_forward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, const RunContext&);       \
+  template void softmax_backward<T>(T*, const T*, const T*, int64_t, int64_t, const RunContext&);            \
+  template void log_softmax_forward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, const RunContext&);   \
+  template void log_softmax_backward<T>(T*, const T*, const T*, const uint8_t*, int64_t, int64_t,            \
+                                        const RunContext&);                                                  \
+  template void attention_softmax_forward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, int64_t,        \
+                                             int64_t, const RunContext&);                                    \
+  template void attention_softmax_backward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,    \
+                                              const RunContext&);                                            \
+  template void dropout_forward<T>(T*, const T*, const PhiloxStream&, double, int64_t, const RunContext&);   \
+  template void dropout_backward<T>(T*, const T*, const PhiloxStream&, double, int64_t, const RunContext&);  \
+  template void layer_norm_forward<T>(T*, T*, T*, const T*, const T*, const T*, T, int64_t, int64_t,         \
+                                      const RunContext&);                                                    \
+  template void layer_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,         \
+                                       int64_t, int64_t, const RunContext&);                                 \
+  template void batch_norm_train_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, T, T, int64_t, \
+                                            int64_t, const RunContext&);                                     \
+  template void batch_norm_train_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,   \
+                                             int64_t, int64_t, const RunContext&);                           \
+  template void batch_norm_eval_forward<T>(T*, const T*, const T*, const T*, const T*, const T*, T, int64_t, \
+                                           int64_t, const RunContext&);                                      \
+  template void batch_norm_eval_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, T, \
+                                            int64_t, int64_t, const RunContext&);                            \
+  template void conv2d_3x3s2_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,         \
+                                        int64_t, int64_t, const RunContext&);                                \
+  template void conv2d_3x3s2_backward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t,         \
+                                         int64_t, int64_t, int64_t, const RunContext&);                      \
+  template void depthwise_conv1d_forward<T>(T*, const T*, const T*, const T*, Conv1dPadding, int64_t,        \
+                                            int64_t, int64_t, int64_t, const RunContext&);                   \
+  template void depthwise_conv1d_backward<T>(T*, T*, T*, const T*, const T*, const T*, Conv1dPadding,        \
+                                             int64_t, int64_t, int64_t, int64_t, const RunContext&);         \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int64_t, int64_t,                \
+                                     const RunContext&);                                                     \
+  template void embedding_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t,               \
+                                      const RunContext&);                                                    \
+  template void moe_topk_forward<T>(T*, int32_t*, const T*, int64_t, int64_t, int64_t, const RunContext&);   \
+  template void moe_topk_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t,                \
+                                     const RunContext&);                                                     \
+  template void moe_routing_softmax_forward<T>(T*, const T*, int64_t, int64_t, const RunContext&);           \
+  template void moe_routing_softmax_backward<T>(T*, const T*, const T*, int64_t, int64_t,                    \
+                                                const RunContext&);                                          \
+  template void moe_permute_forward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,     \
+                                       const RunContext&);                                                   \
+  template void moe_permute_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,    \
+                                        const RunContext&);                                                  \
+  template void moe_unpermute_forward<T>(T*, const T*, const T*, const int32_t*, int64_t, int64_t, int64_t,  \
+                                         int64_t, const RunContext&);                                        \
+  template void moe_unpermute_backward<T>(T*, T*, const T*, const T*, const T*, const int32_t*, int64_t,     \
+                                          int64_t, int64_t, int64_t, const RunContext&);                     \
+  template void ctc_loss_forward<T>(T*, T*, T*, const T*, const int32_t*, const int32_t*, const int32_t*,    \
+                                    int64_t, int64_t, int64_t, int64_t, const RunContext&);                  \
+  template void ctc_loss_backward<T>(T*, const T*, T, const T*, const T*, const int32_t*, const int32_t*,    \
+                                     const int32_t*, int64_t, int64_t, int64_t, int64_t, const RunContext&); \
+  template void label_smoothing_loss_forward<T>(T*, T*, int64_t*, int64_t*, const T*, const int32_t*,        \
+                                                double, int32_t, double, int64_t, int64_t,                   \
+                                                const RunContext&);                                          \
+  template void label_smoothing_loss_backward<T>(T*, T, const T*, const T*, const int32_t*, double, int32_t, \
+                                                 double, int64_t, int64_t, const RunContext&);
+
+MOEASR_INSTANTIATE_OPS(float)
+MOEASR_INSTANTIATE_OPS(double)
+#undef MOEASR_INSTANTIATE_OPS
+
+}  // namespace moeasr::op

@@ -1,0 +1,334 @@
+// kernels/ops.h — the op set as the layers call it: one function per op and direction with the CPU
+// op's arguments (kernels/cpu/<op>.h documents every pointer's shape and the gradient convention),
+// routed on ctx.device to the CPU op or to its CUDA twin (kernels/cuda/<op>_cuda.h). model/ calls
+// these, so the same layer code runs on both backends (DESIGN.md §2: explicit context, no globals).
+//
+// On ctx.device == cuda every pointer is device memory, T must be float (the bf16 activation path is
+// not wired yet: it needs bf16 copies of the parameters) and the build must have the CUDA backend;
+// otherwise the op CHECK-fails naming itself. Ops whose CUDA twin needs scratch (LayerNorm/BatchNorm
+// backward, BatchNorm, the subsampling convolution, the permute plan, the label-smoothing loss) take it
+// from ctx.activations (freed at the step's reset). The CPU conv2d's im2col buffer comes from there too.
+//
+// Differences from the CPU ops (only on the GPU):
+//  - moe_permute_plan: the plan stays on the device, but M (offsets[E]) is copied to the host and the
+//    stream is synchronised, because the layer sizes its buffers and the expert exchange by it. This is
+//    the one host synchronisation per MoE layer and direction that remains (DESIGN.md §3 step 5: the
+//    counts must reach the host for an MPI/NCCL all-to-all anyway; with EP = 1 it could be avoided by
+//    sizing the buffers with m_max = N*k).
+//  - grouped_linear's expert_offsets and the masks' lengths are device arrays.
+//  - the losses' scalar outputs (loss, total_loss, num_kept, num_correct) are device memory.
+#pragma once
+
+#include <cstdint>
+
+#include "core/philox.h"
+#include "core/run_context.h"
+#include "kernels/cpu/conv.h"  // Conv1dPadding
+#include "kernels/cpu/gemm.h"  // Transpose
+
+namespace moeasr::op {
+
+// ---- elementwise (kernels/cpu/elementwise.h) ----------------------------------------------------------
+template <class T>
+void add_forward(T* out, const T* a, const T* b, int64_t n, const RunContext& ctx);
+
+template <class T>
+void add_backward(T* da, T* db, const T* dout, int64_t n, const RunContext& ctx);
+
+template <class T>
+void scale_forward(T* out, const T* x, T alpha, int64_t n, const RunContext& ctx);
+
+template <class T>
+void scale_backward(T* dx, const T* dout, T alpha, int64_t n, const RunContext& ctx);
+
+template <class T>
+void residual_add_forward(T* out, const T* x, const T* y, T alpha, int64_t n, const RunContext& ctx);
+
+template <class T>
+void residual_add_backward(T* dx, T* dy, const T* dout, T alpha, int64_t n, const RunContext& ctx);
+
+template <class T>
+void add_scaled_inplace(T* acc, const T* x, T alpha, int64_t n, const RunContext& ctx);
+
+template <class T>
+void relu_forward(T* out, const T* x, int64_t n, const RunContext& ctx);
+
+template <class T>
+void relu_backward(T* dx, const T* dout, const T* x, int64_t n, const RunContext& ctx);
+
+template <class T>
+void silu_forward(T* out, const T* x, int64_t n, const RunContext& ctx);
+
+template <class T>
+void silu_backward(T* dx, const T* dout, const T* x, int64_t n, const RunContext& ctx);
+
+template <class T>
+void sigmoid_forward(T* out, const T* x, int64_t n, const RunContext& ctx);
+
+template <class T>
+void sigmoid_backward(T* dx, const T* dout, const T* out, int64_t n, const RunContext& ctx);
+
+template <class T>
+void glu_forward(T* out, const T* x, int64_t n, int64_t c, const RunContext& ctx);
+
+template <class T>
+void glu_backward(T* dx, const T* dout, const T* x, int64_t n, int64_t c, const RunContext& ctx);
+
+// ---- layout (kernels/cpu/layout.h) --------------------------------------------------------------------
+template <class T>
+void fill_constant(T* out, T value, int64_t n, const RunContext& ctx);
+
+template <class T>
+void copy_elements(T* dst, const T* src, int64_t n, const RunContext& ctx);
+
+template <class T>
+void transpose_middle_forward(T* dst, const T* src, int64_t outer, int64_t rows_i, int64_t cols_j,
+                              int64_t inner, const RunContext& ctx);
+
+template <class T>
+void transpose_middle_backward(T* dsrc, const T* ddst, int64_t outer, int64_t rows_i, int64_t cols_j,
+                               int64_t inner, const RunContext& ctx);
+
+template <class T>
+void split_heads_forward(T* dst, const T* src, const T* bias, int64_t batch, int64_t steps, int64_t heads,
+                         int64_t d_k, const RunContext& ctx);
+
+template <class T>
+void split_heads_backward(T* dsrc, T* dbias, const T* dout, int64_t batch, int64_t steps, int64_t heads,
+                          int64_t d_k, const RunContext& ctx);
+
+template <class T>
+void masked_pad_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
+                             int64_t lpad, int64_t channels, const RunContext& ctx);
+
+template <class T>
+void masked_pad_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
+                              int64_t lpad, int64_t channels, const RunContext& ctx);
+
+template <class T>
+void masked_crop_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
+                              int64_t lpad, int64_t channels, const RunContext& ctx);
+
+template <class T>
+void masked_crop_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
+                               int64_t lpad, int64_t channels, const RunContext& ctx);
+
+template <class T>
+void cmvn_normalize_forward(T* out, const T* x, const T* mean, const T* istd, int64_t rows, int64_t feat,
+                            const RunContext& ctx);
+
+template <class T>
+void scale_add_table_forward(T* out, const T* x, const T* table, T scale, int64_t batch, int64_t time,
+                             int64_t d, const RunContext& ctx);
+
+template <class T>
+void scale_add_table_backward(T* dx, const T* dout, T scale, int64_t batch, int64_t time, int64_t d,
+                              const RunContext& ctx);
+
+// ---- linear (kernels/cpu/linear.h) --------------------------------------------------------------------
+template <class T>
+void linear_forward(T* y, const T* x, const T* weight, const T* bias, int64_t n, int64_t in_features,
+                    int64_t out_features, const RunContext& ctx);
+
+template <class T>
+void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int64_t n,
+                     int64_t in_features, int64_t out_features, const RunContext& ctx);
+
+// ---- grouped_linear (kernels/cpu/grouped_linear.h) ----------------------------------------------------
+template <class T>
+void grouped_linear_forward(T* y, const T* x, const T* weight, const T* bias, const int64_t* expert_offsets,
+                            int64_t m_max, int64_t n_experts, int64_t in_features, int64_t out_features,
+                            const RunContext& ctx);
+
+template <class T>
+void grouped_linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
+                             const int64_t* expert_offsets, int64_t m_max, int64_t n_experts,
+                             int64_t in_features, int64_t out_features, const RunContext& ctx);
+
+// ---- gemm (kernels/cpu/gemm.h) ------------------------------------------------------------------------
+template <class T>
+void gemm_strided_batched(T* c, const T* a, const T* b, Transpose trans_a, Transpose trans_b, int64_t m,
+                          int64_t n, int64_t k, T alpha, T beta, int64_t lda, int64_t ldb, int64_t ldc,
+                          int64_t stride_a, int64_t stride_b, int64_t stride_c, int64_t batch,
+                          const RunContext& ctx);
+
+template <class T>
+void batched_matmul_forward(T* out, const T* a, const T* b, Transpose trans_b, int64_t groups, int64_t m,
+                            int64_t n, int64_t k, const RunContext& ctx);
+
+template <class T>
+void batched_matmul_backward(T* da, T* db, const T* dout, const T* a, const T* b, Transpose trans_b,
+                             int64_t groups, int64_t m, int64_t n, int64_t k, const RunContext& ctx);
+
+// ---- softmax (kernels/cpu/softmax.h) ------------------------------------------------------------------
+template <class T>
+void softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_t cols,
+                     const RunContext& ctx);
+
+template <class T>
+void softmax_backward(T* dx, const T* dy, const T* y, int64_t rows, int64_t cols, const RunContext& ctx);
+
+template <class T>
+void log_softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_t cols,
+                         const RunContext& ctx);
+
+template <class T>
+void log_softmax_backward(T* dx, const T* dy, const T* y, const uint8_t* mask, int64_t rows, int64_t cols,
+                          const RunContext& ctx);
+
+template <class T>
+void attention_softmax_forward(T* probs, const T* scores, const uint8_t* mask, int64_t batch, int64_t heads,
+                               int64_t queries, int64_t keys, const RunContext& ctx);
+
+template <class T>
+void attention_softmax_backward(T* dscores, const T* dprobs, const T* probs, int64_t batch, int64_t heads,
+                                int64_t queries, int64_t keys, const RunContext& ctx);
+
+// ---- dropout (kernels/cpu/dropout.h) ------------------------------------------------------------------
+template <class T>
+void dropout_forward(T* y, const T* x, const PhiloxStream& stream, double p, int64_t n,
+                     const RunContext& ctx);
+
+template <class T>
+void dropout_backward(T* dx, const T* dy, const PhiloxStream& stream, double p, int64_t n,
+                      const RunContext& ctx);
+
+// ---- norm (kernels/cpu/norm.h) ------------------------------------------------------------------------
+template <class T>
+void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias, T eps,
+                        int64_t n, int64_t c, const RunContext& ctx);
+
+template <class T>
+void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* mean, const T* rstd,
+                         const T* weight, int64_t n, int64_t c, const RunContext& ctx);
+
+template <class T>
+void batch_norm_train_forward(T* out, T* save_mean, T* save_rstd, T* running_mean, T* running_var, const T* x,
+                              const T* weight, const T* bias, T momentum, T eps, int64_t n, int64_t c,
+                              const RunContext& ctx);
+
+template <class T>
+void batch_norm_train_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* save_mean,
+                               const T* save_rstd, const T* weight, int64_t n, int64_t c,
+                               const RunContext& ctx);
+
+template <class T>
+void batch_norm_eval_forward(T* out, const T* x, const T* running_mean, const T* running_var, const T* weight,
+                             const T* bias, T eps, int64_t n, int64_t c, const RunContext& ctx);
+
+template <class T>
+void batch_norm_eval_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* running_mean,
+                              const T* running_var, const T* weight, T eps, int64_t n, int64_t c,
+                              const RunContext& ctx);
+
+// ---- conv (kernels/cpu/conv.h) ------------------------------------------------------------------------
+template <class T>
+void conv2d_3x3s2_forward(T* y, const T* x, const T* weight, const T* bias, int64_t batch,
+                          int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
+                          const RunContext& ctx);
+
+template <class T>
+void conv2d_3x3s2_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
+                           int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
+                           int64_t width, const RunContext& ctx);
+
+template <class T>
+void depthwise_conv1d_forward(T* y, const T* x, const T* weight, const T* bias, Conv1dPadding padding,
+                              int64_t batch, int64_t time, int64_t channels, int64_t kernel_size,
+                              const RunContext& ctx);
+
+template <class T>
+void depthwise_conv1d_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
+                               Conv1dPadding padding, int64_t batch, int64_t time, int64_t channels,
+                               int64_t kernel_size, const RunContext& ctx);
+
+// ---- embedding (kernels/cpu/embedding.h) --------------------------------------------------------------
+template <class T>
+void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t n, int64_t vocab, int64_t dim,
+                       const RunContext& ctx);
+
+template <class T>
+void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t n, int64_t vocab, int64_t dim,
+                        const RunContext& ctx);
+
+// ---- masks (kernels/cpu/masks.h) ----------------------------------------------------------------------
+void make_valid_mask(uint8_t* mask, const int32_t* lengths, int64_t batch, int64_t max_len,
+                     const RunContext& ctx);
+
+void make_causal_mask(uint8_t* mask, int64_t length, const RunContext& ctx);
+
+void make_chunk_mask(uint8_t* mask, int64_t chunk_size, int64_t num_left_chunks, int64_t length,
+                     const RunContext& ctx);
+
+void make_chunk_attention_mask(uint8_t* mask, const int32_t* lengths, int64_t chunk_size,
+                               int64_t num_left_chunks, int64_t batch, int64_t length, const RunContext& ctx);
+
+void make_decoder_self_attention_mask(uint8_t* mask, const int32_t* lengths, int64_t batch, int64_t length,
+                                      const RunContext& ctx);
+
+void make_cross_attention_mask(uint8_t* mask, const uint8_t* memory_valid, int64_t batch, int64_t steps,
+                               int64_t frames, const RunContext& ctx);
+
+// ---- moe_dispatch (kernels/cpu/moe_dispatch.h) --------------------------------------------------------
+template <class T>
+void moe_topk_forward(T* values, int32_t* indices, const T* logits, int64_t n, int64_t n_experts, int64_t k,
+                      const RunContext& ctx);
+
+template <class T>
+void moe_topk_backward(T* dlogits, const T* dvalues, const int32_t* indices, int64_t n, int64_t n_experts,
+                       int64_t k, const RunContext& ctx);
+
+template <class T>
+void moe_routing_softmax_forward(T* weights, const T* values, int64_t n, int64_t k, const RunContext& ctx);
+
+template <class T>
+void moe_routing_softmax_backward(T* dvalues, const T* dweights, const T* weights, int64_t n, int64_t k,
+                                  const RunContext& ctx);
+
+template <class T>
+void moe_permute_forward(T* permuted, const T* x, const int32_t* dest, int64_t n, int64_t m, int64_t k,
+                         int64_t d, const RunContext& ctx);
+
+template <class T>
+void moe_permute_backward(T* dx, const T* dpermuted, const int32_t* dest, int64_t n, int64_t m, int64_t k,
+                          int64_t d, const RunContext& ctx);
+
+template <class T>
+void moe_unpermute_forward(T* out, const T* y, const T* weights, const int32_t* dest, int64_t n, int64_t m,
+                           int64_t k, int64_t d, const RunContext& ctx);
+
+template <class T>
+void moe_unpermute_backward(T* dy, T* dweights, const T* dout, const T* y, const T* weights,
+                            const int32_t* dest, int64_t n, int64_t m, int64_t k, int64_t d,
+                            const RunContext& ctx);
+
+// ---- moe permute plan (kernels/cpu/moe_dispatch.h) -------------------------------------------------
+// Returns M, the number of routed rows (see the GPU note at the top).
+int64_t moe_permute_plan(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
+                         const int32_t* indices, const uint8_t* token_mask, int64_t n, int64_t n_experts,
+                         int64_t k, const RunContext& ctx);
+
+// ---- losses (kernels/cpu/ctc_loss.h, kernels/cpu/label_smoothing_loss.h) ---------------------------
+template <class T>
+void ctc_loss_forward(T* loss, T* total_loss, T* log_alpha, const T* log_probs, const int32_t* input_lengths,
+                      const int32_t* targets, const int32_t* target_lengths, int64_t batch, int64_t max_time,
+                      int64_t vocab, int64_t max_target_length, const RunContext& ctx);
+
+template <class T>
+void ctc_loss_backward(T* dlog_probs, const T* dloss, T dtotal_loss, const T* log_alpha, const T* log_probs,
+                       const int32_t* input_lengths, const int32_t* targets, const int32_t* target_lengths,
+                       int64_t batch, int64_t max_time, int64_t vocab, int64_t max_target_length,
+                       const RunContext& ctx);
+
+template <class T>
+void label_smoothing_loss_forward(T* loss, T* log_sum_exp, int64_t* num_kept, int64_t* num_correct,
+                                  const T* logits, const int32_t* targets, double smoothing,
+                                  int32_t ignore_id, double normalizer, int64_t n, int64_t vocab,
+                                  const RunContext& ctx);
+
+template <class T>
+void label_smoothing_loss_backward(T* dlogits, T dloss, const T* logits, const T* log_sum_exp,
+                                   const int32_t* targets, double smoothing, int32_t ignore_id,
+                                   double normalizer, int64_t n, int64_t vocab, const RunContext& ctx);
+
+}  // namespace moeasr::op
