@@ -1,7 +1,7 @@
 // core/run_context.h — RunContext: everything an op or layer needs from its surroundings, built once
 // in main (or a test) and passed down explicitly (no hidden globals; DESIGN.md §2). It carries the
-// device, CPU thread count, the reference-kernel switch, the arenas, the run's seed and rank, and
-// opaque CUDA handles that the CUDA backend fills in.
+// device, CPU thread count, the reference-kernel switch, the arenas (device and host), the run's seed
+// and rank, and opaque CUDA handles that the CUDA backend fills in.
 #pragma once
 
 #include <cstdint>
@@ -17,8 +17,11 @@ struct RunContext {
   bool use_reference_kernels = false;  // route CPU ops to their plain reference loops (tests)
   Arena* activations = nullptr;        // per-step activations; reset at each step
   Arena* workspace = nullptr;          // scratch inside one op
-  uint64_t seed = 0;                   // the run's seed; RngKey.seed of every draw
-  int rank = 0;                        // this process in the world communicator
+  // Host memory for the step's metadata that host code reads (lengths, targets, per-expert counts).
+  // Null means `activations`, which is then host memory (the CPU backend); a GPU run sets it.
+  Arena* host_metadata = nullptr;
+  uint64_t seed = 0;  // the run's seed; RngKey.seed of every draw
+  int rank = 0;       // this process in the world communicator
   int world = 1;
   // CUDA backend handles (cudaStream_t, cublasLtHandle_t, cudnnHandle_t); opaque here so that core
   // and the CPU kernels need no CUDA headers.

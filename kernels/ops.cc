@@ -2,6 +2,7 @@
 // (float only, CUDA builds only), with scratch for the CUDA ops from ctx.activations.
 #include "kernels/ops.h"
 
+#include <cstring>
 #include <type_traits>
 
 #include "core/arena.h"
@@ -17,6 +18,7 @@
 #include "kernels/cpu/masks.h"
 #include "kernels/cpu/moe_dispatch.h"
 #include "kernels/cpu/norm.h"
+#include "kernels/cpu/optimizer.h"
 #include "kernels/cpu/softmax.h"
 
 #if MOEASR_WITH_CUDA
@@ -36,6 +38,7 @@
 #include "kernels/cuda/masks_cuda.h"
 #include "kernels/cuda/moe_dispatch_cuda.h"
 #include "kernels/cuda/norm_cuda.h"
+#include "kernels/cuda/optimizer_cuda.h"
 #include "kernels/cuda/softmax_cuda.h"
 #endif
 
@@ -681,6 +684,34 @@ void moe_unpermute_backward(T* dy, T* dweights, const T* dout, const T* y, const
                     { moe_unpermute_backward_cuda(dy, dweights, dout, y, weights, dest, n, m, k, d, ctx); });
 }
 
+void copy_host_to_device(void* device_dst, const void* host_src, int64_t bytes, const RunContext& ctx) {
+  CHECK_GE(bytes, 0);
+  if (bytes == 0) return;
+  if (ctx.device == Device::cpu) {
+    if (device_dst != host_src) std::memcpy(device_dst, host_src, static_cast<size_t>(bytes));
+    return;
+  }
+  MOEASR_OP_ON_CUDA(float, "copy_host_to_device", {
+    CUDA_CHECK(cudaMemcpyAsync(device_dst, host_src, static_cast<size_t>(bytes), cudaMemcpyHostToDevice,
+                               static_cast<cudaStream_t>(ctx.cuda_stream)));
+  });
+}
+
+void copy_device_to_host(void* host_dst, const void* device_src, int64_t bytes, const RunContext& ctx) {
+  CHECK_GE(bytes, 0);
+  if (bytes == 0) return;
+  if (ctx.device == Device::cpu) {
+    if (host_dst != device_src) std::memcpy(host_dst, device_src, static_cast<size_t>(bytes));
+    return;
+  }
+  MOEASR_OP_ON_CUDA(float, "copy_device_to_host", {
+    auto stream = static_cast<cudaStream_t>(ctx.cuda_stream);
+    CUDA_CHECK(
+        cudaMemcpyAsync(host_dst, device_src, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  });
+}
+
 int64_t moe_permute_plan(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
                          const int32_t* indices, const uint8_t* token_mask, int64_t n, int64_t n_experts,
                          int64_t k, const RunContext& ctx) {
@@ -756,6 +787,51 @@ void label_smoothing_loss_backward(T* dlogits, T dloss, const T* logits, const T
     label_smoothing_loss_backward_cuda(dlogits, dloss, logits, log_sum_exp, targets, smoothing, ignore_id,
                                        normalizer, n, vocab, ctx);
   });
+}
+
+template <class T>
+void adam_update(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, double lr, double beta1, double beta2,
+                 double eps, double weight_decay, int64_t step, int64_t n, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::adam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, step, n,
+                               ctx);
+  MOEASR_OP_ON_CUDA(T, "adam_update", {
+    adam_update_cuda(param, exp_avg, exp_avg_sq, static_cast<__nv_bfloat16*>(nullptr), grad, lr, beta1, beta2,
+                     eps, weight_decay, step, n, ctx);
+  });
+}
+
+template <class T>
+double global_grad_norm(const GradBuffer<T>* buffers, int64_t num_buffers, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::global_grad_norm(buffers, num_buffers, ctx);
+  double norm = 0.0;
+  MOEASR_OP_ON_CUDA(T, "global_grad_norm", {
+    const size_t workspace_bytes = global_grad_norm_workspace_bytes(buffers, num_buffers);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    auto* device_norm = static_cast<float*>(device_scratch(ctx, sizeof(float)));
+    global_grad_norm_cuda(device_norm, buffers, num_buffers, workspace, workspace_bytes, ctx);
+    float host_norm = 0.0f;
+    copy_device_to_host(&host_norm, device_norm, sizeof(float), ctx);
+    norm = host_norm;
+  });
+  return norm;
+}
+
+template <class T>
+double clip_grad_norm(const GradBuffer<T>* buffers, double max_norm, int64_t num_buffers,
+                      const RunContext& ctx) {
+  if (ctx.device == Device::cpu) return moeasr::clip_grad_norm(buffers, max_norm, num_buffers, ctx);
+  double norm = 0.0;
+  MOEASR_OP_ON_CUDA(T, "clip_grad_norm", {
+    const size_t workspace_bytes = global_grad_norm_workspace_bytes(buffers, num_buffers);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    auto* device_norm = static_cast<float*>(device_scratch(ctx, sizeof(float)));
+    clip_grad_norm_cuda(device_norm, buffers, max_norm, num_buffers, workspace, workspace_bytes, ctx);
+    float host_norm = 0.0f;
+    copy_device_to_host(&host_norm, device_norm, sizeof(float), ctx);
+    norm = host_norm;
+  });
+  return norm;
 }
 
 #undef MOEASR_OP_ON_CUDA
@@ -871,7 +947,11 @@ void label_smoothing_loss_backward(T* dlogits, T dloss, const T* logits, const T
                                                 double, int32_t, double, int64_t, int64_t,                   \
                                                 const RunContext&);                                          \
   template void label_smoothing_loss_backward<T>(T*, T, const T*, const T*, const int32_t*, double, int32_t, \
-                                                 double, int64_t, int64_t, const RunContext&);
+                                                 double, int64_t, int64_t, const RunContext&);               \
+  template void adam_update<T>(T*, T*, T*, const T*, double, double, double, double, double, int64_t,        \
+                               int64_t, const RunContext&);                                                  \
+  template double global_grad_norm<T>(const GradBuffer<T>*, int64_t, const RunContext&);                     \
+  template double clip_grad_norm<T>(const GradBuffer<T>*, double, int64_t, const RunContext&);
 
 MOEASR_INSTANTIATE_OPS(float)
 MOEASR_INSTANTIATE_OPS(double)

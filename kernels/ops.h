@@ -23,8 +23,9 @@
 
 #include "core/philox.h"
 #include "core/run_context.h"
-#include "kernels/cpu/conv.h"  // Conv1dPadding
-#include "kernels/cpu/gemm.h"  // Transpose
+#include "kernels/cpu/conv.h"       // Conv1dPadding
+#include "kernels/cpu/gemm.h"       // Transpose
+#include "kernels/cpu/optimizer.h"  // GradBuffer
 
 namespace moeasr::op {
 
@@ -302,6 +303,15 @@ void moe_unpermute_backward(T* dy, T* dweights, const T* dout, const T* y, const
                             const int32_t* dest, int64_t n, int64_t m, int64_t k, int64_t d,
                             const RunContext& ctx);
 
+// ---- host <-> ctx.device copies ----------------------------------------------------------------------
+// `bytes` from host memory into ctx.device memory (a plain copy on the CPU). Asynchronous on the GPU
+// stream, so `host` must stay valid until the stream reaches the copy (the step's host arena does).
+void copy_host_to_device(void* device_dst, const void* host_src, int64_t bytes, const RunContext& ctx);
+
+// `bytes` from ctx.device memory into host memory; on the GPU it waits for the stream (a host
+// synchronisation: the callers are the permute plan's counts and the step's loss scalars).
+void copy_device_to_host(void* host_dst, const void* device_src, int64_t bytes, const RunContext& ctx);
+
 // ---- moe permute plan (kernels/cpu/moe_dispatch.h) -------------------------------------------------
 // Returns M, the number of routed rows (see the GPU note at the top).
 int64_t moe_permute_plan(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
@@ -330,5 +340,19 @@ template <class T>
 void label_smoothing_loss_backward(T* dlogits, T dloss, const T* logits, const T* log_sum_exp,
                                    const int32_t* targets, double smoothing, int32_t ignore_id,
                                    double normalizer, int64_t n, int64_t vocab, const RunContext& ctx);
+
+// ---- optimizer (kernels/cpu/optimizer.h) ------------------------------------------------------------
+template <class T>
+void adam_update(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, double lr, double beta1, double beta2,
+                 double eps, double weight_decay, int64_t step, int64_t n, const RunContext& ctx);
+
+// The norm comes back to the host (on the GPU: computed on the device, then one 4-byte copy and a
+// stream synchronisation: the trainer needs it to skip non-finite steps and to log it).
+template <class T>
+double global_grad_norm(const GradBuffer<T>* buffers, int64_t num_buffers, const RunContext& ctx);
+
+template <class T>
+double clip_grad_norm(const GradBuffer<T>* buffers, double max_norm, int64_t num_buffers,
+                      const RunContext& ctx);
 
 }  // namespace moeasr::op

@@ -179,8 +179,10 @@ void encoder_forward(EncoderSaved<T>* s, const T* feats, const int32_t* feat_len
   global_cmvn_forward(s->normalized, feats, p.cmvn, batch * frames, f, ctx);
   s->embedded = activation_alloc<T>(ctx, nd);
   conv2d_subsampling4_forward(&s->embed, s->embedded, s->normalized, p.embed, batch, frames, f, ctx);
-  s->lengths = activation_alloc<int32_t>(ctx, batch);
-  conv2d_subsampling4_lengths(s->lengths, feat_lengths, batch);
+  int32_t* lengths = host_alloc<int32_t>(ctx, batch);
+  conv2d_subsampling4_lengths(lengths, feat_lengths, batch);  // feat_lengths: host
+  s->lengths_host = lengths;
+  s->lengths = device_mirror(ctx, static_cast<const int32_t*>(lengths), batch);
 
   s->pos_x = activation_alloc<T>(ctx, nd);
   s->pos_emb = activation_alloc<T>(ctx, length * d);

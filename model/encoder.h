@@ -66,19 +66,21 @@ struct EncoderSaved {
   int64_t batch = 0, frames = 0, length = 0;  // B, T, L
   T* normalized = nullptr;                    // [B, T, F] after CMVN
   Conv2dSubsampling4Saved<T> embed;
-  T* embedded = nullptr;         // [B, L, d] subsampling output
-  T* pos_x = nullptr;            // [B, L, d] x * sqrt(d) (after dropout)
-  T* pos_emb = nullptr;          // [L, d]
-  uint8_t* valid = nullptr;      // [B, L] 1 = valid frame
-  uint8_t* attn_mask = nullptr;  // [B, L, L] chunk & key-padding mask
-  int32_t* lengths = nullptr;    // [B] subsampled valid lengths
+  T* embedded = nullptr;                  // [B, L, d] subsampling output
+  T* pos_x = nullptr;                     // [B, L, d] x * sqrt(d) (after dropout)
+  T* pos_emb = nullptr;                   // [L, d]
+  uint8_t* valid = nullptr;               // [B, L] 1 = valid frame
+  uint8_t* attn_mask = nullptr;           // [B, L, L] chunk & key-padding mask
+  const int32_t* lengths = nullptr;       // [B] subsampled valid lengths (ctx.device memory)
+  const int32_t* lengths_host = nullptr;  // [B] the same on the host
   std::vector<ConformerLayerSaved<T>> layers;
   T* before_norm = nullptr;       // [B, L, d] last layer output
   T* after_norm_stats = nullptr;  // [2, B*L]
   T* out = nullptr;               // [B, L, d] encoder output
 };
 
-// feats [B, T, F] padded, feat_lengths [B]; chunk from sample_training_chunk / decoding_chunk.
+// feats [B, T, F] padded (ctx.device memory), feat_lengths [B] (host); chunk from sample_training_chunk /
+// decoding_chunk.
 template <class T>
 void encoder_forward(EncoderSaved<T>* saved, const T* feats, const int32_t* feat_lengths,
                      const EncoderParams<T>& p, ExpertDispatcher<T>* dispatcher, int64_t chunk_size,

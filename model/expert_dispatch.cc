@@ -14,8 +14,8 @@ void LocalExpertDispatcher<T>::dispatch_forward(ExpertDispatchCounts* counts, co
   CHECK(counts != nullptr && local_rows != nullptr);
   CHECK_GE(n_experts, 1);
   CHECK_GE(d, 0);
-  // Copied into the step's arena so that the counts outlive the caller's buffer until backward.
-  int64_t* copy = activation_alloc<int64_t>(ctx, n_experts);
+  // Copied into the step's host arena so that the counts outlive the caller's buffer until backward.
+  int64_t* copy = host_alloc<int64_t>(ctx, n_experts);
   int64_t total = 0;
   for (int64_t e = 0; e < n_experts; ++e) {
     CHECK_GE(send_counts[e], 0) << "expert " << e;

@@ -177,12 +177,14 @@ void moe_ffn_forward(MoeFfnSaved<T>* saved, T* out, const T* x, const uint8_t* t
   saved->routing_weights = activation_alloc<T>(ctx, n * k);
   op::moe_routing_softmax_forward(saved->routing_weights, top_logits, n, k, ctx);
 
-  // Permute the routed (token, slot) pairs expert-major: [M, D].
-  saved->expert_counts = activation_alloc<int64_t>(ctx, n_experts);
+  // Permute the routed (token, slot) pairs expert-major: [M, D]. The per-expert counts go to the host
+  // (the exchange and the grouped Linears' row ranges are planned there; a sync on the GPU, ops.h).
+  int64_t* expert_counts = activation_alloc<int64_t>(ctx, n_experts);
   int64_t* offsets = activation_alloc<int64_t>(ctx, n_experts + 1);
   saved->dest = activation_alloc<int32_t>(ctx, n * k);
-  const int64_t m = op::moe_permute_plan(saved->expert_counts, offsets, saved->dest, saved->selected,
-                                         token_mask, n, n_experts, k, ctx);
+  const int64_t m = op::moe_permute_plan(expert_counts, offsets, saved->dest, saved->selected, token_mask, n,
+                                         n_experts, k, ctx);
+  saved->expert_counts = host_mirror(ctx, static_cast<const int64_t*>(expert_counts), n_experts);
   saved->routed_rows = m;
   T* permuted = activation_alloc<T>(ctx, m * d);
   op::moe_permute_forward(permuted, x, saved->dest, n, m, k, d, ctx);
@@ -197,13 +199,15 @@ void moe_ffn_forward(MoeFfnSaved<T>* saved, T* out, const T* x, const uint8_t* t
 
   // Experts: w_1 as one grouped Linear over the local experts' row blocks, activation and dropout
   // over all R rows at once, w_2 as one grouped Linear.
-  saved->local_offsets = activation_alloc<int64_t>(ctx, p.n_local_experts + 1);
-  saved->local_offsets[0] = 0;
+  int64_t* local_offsets = host_alloc<int64_t>(ctx, p.n_local_experts + 1);
+  local_offsets[0] = 0;
   for (int64_t e = 0; e < p.n_local_experts; ++e) {
     CHECK_GE(counts.local_counts[e], 0);
-    saved->local_offsets[e + 1] = saved->local_offsets[e] + counts.local_counts[e];
+    local_offsets[e + 1] = local_offsets[e] + counts.local_counts[e];
   }
-  CHECK_EQ(saved->local_offsets[p.n_local_experts], r) << "per-local-expert counts vs received rows";
+  CHECK_EQ(local_offsets[p.n_local_experts], r) << "per-local-expert counts vs received rows";
+  saved->local_offsets =
+      device_mirror(ctx, static_cast<const int64_t*>(local_offsets), p.n_local_experts + 1);
   saved->hidden_pre = activation_alloc<T>(ctx, r * f);
   saved->hidden = activation_alloc<T>(ctx, r * f);
   T* local_out = activation_alloc<T>(ctx, r * d);  // [R, D]

@@ -119,21 +119,22 @@ MoeFfnParams<T> bind_moe_ffn(ParameterStore<T>* store, const std::string& prefix
 
 template <class T>
 struct MoeFfnSaved {
-  const T* x = nullptr;                 // [N, D] the forward input (caller's buffer)
-  const uint8_t* token_mask = nullptr;  // [N] or null (caller's buffer)
-  int32_t* selected = nullptr;          // [N, K] top-k expert ids (global), descending logit
-  T* routing_weights = nullptr;         // [N, K] softmax over the selected logits
-  int64_t* expert_counts = nullptr;     // [E] routed rows per global expert (this rank's tokens): the
-                                        // load statistics of the last forward
-  int32_t* dest = nullptr;              // [N, K] permuted row of each pair, -1 for unrouted tokens
-  ExpertDispatchCounts dispatch;        // counts of the exchange (R, per-local-expert rows)
-  const T* local_x = nullptr;           // [R, D] local experts' input rows (dispatcher-owned/arena)
-  int64_t* local_offsets = nullptr;     // [E_local + 1] first row of each local expert in local_x
-  T* hidden_pre = nullptr;              // [R, F] w_1 x + b_1 per expert
-  T* hidden = nullptr;                  // [R, F] dropout(act(hidden_pre))
-  const T* permuted_out = nullptr;      // [M, D] expert outputs back in this rank's permuted order
-  int64_t n = 0;                        // N
-  int64_t routed_rows = 0;              // M
+  const T* x = nullptr;                    // [N, D] the forward input (caller's buffer)
+  const uint8_t* token_mask = nullptr;     // [N] or null (caller's buffer)
+  int32_t* selected = nullptr;             // [N, K] top-k expert ids (global), descending logit
+  T* routing_weights = nullptr;            // [N, K] softmax over the selected logits
+  const int64_t* expert_counts = nullptr;  // [E] host: routed rows per global expert (this rank's
+                                           // tokens), the load statistics of the last forward
+  int32_t* dest = nullptr;                 // [N, K] permuted row of each pair, -1 for unrouted tokens
+  ExpertDispatchCounts dispatch;           // counts of the exchange (R, per-local-expert rows)
+  const T* local_x = nullptr;              // [R, D] local experts' input rows (dispatcher-owned/arena)
+  const int64_t* local_offsets = nullptr;  // [E_local + 1] ctx.device: first row of each local expert in
+                                           // local_x (the grouped Linears' row ranges)
+  T* hidden_pre = nullptr;                 // [R, F] w_1 x + b_1 per expert
+  T* hidden = nullptr;                     // [R, F] dropout(act(hidden_pre))
+  const T* permuted_out = nullptr;         // [M, D] expert outputs back in this rank's permuted order
+  int64_t n = 0;                           // N
+  int64_t routed_rows = 0;                 // M
 };
 
 // The dispatcher decides where the local experts' rows come from; its layout() must match the one

@@ -15,6 +15,7 @@
 #include "core/check.h"
 #include "core/philox.h"
 #include "core/run_context.h"
+#include "kernels/ops.h"
 #include "model/parameter_table.h"
 
 namespace moeasr {
@@ -79,6 +80,37 @@ template <class T>
 T* activation_alloc(const RunContext& ctx, int64_t n) {
   CHECK(ctx.activations != nullptr) << "RunContext.activations is not set";
   return ctx.activations->allocate_array<T>(n);
+}
+
+// n elements of T in host memory for the step's metadata (lengths, targets, per-expert counts):
+// ctx.host_metadata, or the activation arena when that is host memory (the CPU backend).
+template <class T>
+T* host_alloc(const RunContext& ctx, int64_t n) {
+  Arena* arena = ctx.host_metadata != nullptr ? ctx.host_metadata : ctx.activations;
+  CHECK(arena != nullptr) << "RunContext.activations is not set";
+  CHECK(arena->device() == Device::cpu) << "host metadata would land in " << device_name(arena->device())
+                                        << " memory: set RunContext.host_metadata";
+  return arena->allocate_array<T>(n);
+}
+
+// The host array `host` [n] as ctx.device memory: the array itself on the CPU, else a copy in the
+// activation arena (asynchronous; `host` must live until the step ends, as host_alloc memory does).
+template <class T>
+const T* device_mirror(const RunContext& ctx, const T* host, int64_t n) {
+  if (ctx.device == Device::cpu || host == nullptr) return host;
+  T* copy = activation_alloc<T>(ctx, n);
+  op::copy_host_to_device(copy, host, n * static_cast<int64_t>(sizeof(T)), ctx);
+  return copy;
+}
+
+// The ctx.device array `device` [n] readable on the host: the array itself on the CPU, else a copy in
+// host_alloc memory (waits for the stream: a host synchronisation).
+template <class T>
+const T* host_mirror(const RunContext& ctx, const T* device, int64_t n) {
+  if (ctx.device == Device::cpu || device == nullptr) return device;
+  T* copy = host_alloc<T>(ctx, n);
+  op::copy_device_to_host(copy, device, n * static_cast<int64_t>(sizeof(T)), ctx);
+  return copy;
 }
 
 // Where a dropout draws its mask: rate, and the Philox stream for this (step, layer, site).

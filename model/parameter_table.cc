@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "core/philox.h"
+#include "kernels/ops.h"
 
 namespace moeasr {
 
@@ -230,12 +231,62 @@ ParameterStore<T>::ParameterStore(const ParameterTable& t) : table(&t) {
 template <class T>
 T* ParameterStore<T>::grad(const ParamEntry& e) {
   CHECK(e.region != ParamRegion::kBuffer) << "'" << e.name << "' is a buffer and has no gradient";
-  return grads[static_cast<int>(e.region)].data() + e.offset;
+  return region_grads(e.region) + e.offset;
+}
+
+template <class T>
+T* ParameterStore<T>::region_values(ParamRegion region) {
+  const int r = static_cast<int>(region);
+  return device_ == Device::cpu ? values[r].data() : device_values_[r];
+}
+
+template <class T>
+T* ParameterStore<T>::region_grads(ParamRegion region) {
+  const int r = static_cast<int>(region);
+  return device_ == Device::cpu ? grads[r].data() : device_grads_[r];
 }
 
 template <class T>
 void ParameterStore<T>::zero_grads() {
+  CHECK(device_ == Device::cpu) << "ParameterStore::zero_grads() on a device store: pass the RunContext";
   for (auto& g : grads) std::fill(g.begin(), g.end(), T(0));
+}
+
+template <class T>
+void ParameterStore<T>::zero_grads(const RunContext& ctx) {
+  if (device_ == Device::cpu) return zero_grads();
+  for (int r = 0; r < kNumParamRegions; ++r) {
+    op::fill_constant(device_grads_[r], T(0), static_cast<int64_t>(grads[r].size()), ctx);
+  }
+}
+
+template <class T>
+void ParameterStore<T>::place_on(Arena* arena, const RunContext& ctx) {
+  CHECK(arena != nullptr && arena->device() == ctx.device)
+      << "ParameterStore::place_on needs an arena in " << device_name(ctx.device) << " memory";
+  CHECK(device_ == Device::cpu) << "ParameterStore::place_on called twice";
+  if (ctx.device == Device::cpu) return;  // the host vectors are the working copy
+  for (int r = 0; r < kNumParamRegions; ++r) {
+    const int64_t n = static_cast<int64_t>(values[r].size());
+    device_values_[r] = arena->allocate_array<T>(n);
+    op::copy_host_to_device(device_values_[r], values[r].data(), n * static_cast<int64_t>(sizeof(T)), ctx);
+    const int64_t ng = static_cast<int64_t>(grads[r].size());
+    device_grads_[r] = ng > 0 ? arena->allocate_array<T>(ng) : nullptr;
+    op::fill_constant(device_grads_[r], T(0), ng, ctx);
+  }
+  device_ = ctx.device;
+}
+
+template <class T>
+void ParameterStore<T>::copy_to_host(const RunContext& ctx) {
+  if (device_ == Device::cpu) return;
+  CHECK(ctx.device == device_) << "ParameterStore::copy_to_host with a context of another device";
+  for (int r = 0; r < kNumParamRegions; ++r) {
+    op::copy_device_to_host(values[r].data(), device_values_[r],
+                            static_cast<int64_t>(values[r].size() * sizeof(T)), ctx);
+    op::copy_device_to_host(grads[r].data(), device_grads_[r],
+                            static_cast<int64_t>(grads[r].size() * sizeof(T)), ctx);
+  }
 }
 
 template <class T>

@@ -15,6 +15,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/arena.h"
+#include "core/run_context.h"
 #include "core/tensor.h"
 #include "model/model_config.h"
 
@@ -79,7 +81,10 @@ class ParameterTable {
 // CHECK-fails on a config validate_model_config() rejects.
 ParameterTable build_u2pp_parameter_table(const ModelConfig& config, const ExpertLayout& layout);
 
-// Flat storage for values (and, for trainable regions, gradients) of one table.
+// Flat storage for values (and, for trainable regions, gradients) of one table. The host vectors
+// always exist (initialisation, checkpoints); after place_on(arena) of a device arena the model's
+// working copy lives in that arena and value()/grad() return device pointers. The host vectors are
+// then a staging copy that copy_to_host() refreshes.
 template <class T>
 struct ParameterStore {
   const ParameterTable* table = nullptr;
@@ -87,12 +92,30 @@ struct ParameterStore {
   std::vector<T> grads[kNumParamRegions];  // buffer region: empty
 
   explicit ParameterStore(const ParameterTable& t);
-  T* value(const ParamEntry& e) { return values[static_cast<int>(e.region)].data() + e.offset; }
-  const T* value(const ParamEntry& e) const { return values[static_cast<int>(e.region)].data() + e.offset; }
+  T* value(const ParamEntry& e) { return region_values(e.region) + e.offset; }
+  const T* value(const ParamEntry& e) const {
+    return const_cast<ParameterStore*>(this)->region_values(e.region) + e.offset;
+  }
   T* grad(const ParamEntry& e);  // CHECK-fails for buffers
   T* value(const std::string& name) { return value(table->at(name)); }
   T* grad(const std::string& name) { return grad(table->at(name)); }
-  void zero_grads();
+  // The working copy of a region (host vector, or device memory after place_on).
+  T* region_values(ParamRegion region);
+  T* region_grads(ParamRegion region);
+  void zero_grads();                       // host store only
+  void zero_grads(const RunContext& ctx);  // either
+
+  // Moves the working copy into `arena` (memory of ctx.device): values uploaded, grads zeroed. Binds
+  // made before this point keep pointing at the host vectors: bind after placing.
+  void place_on(Arena* arena, const RunContext& ctx);
+  // Downloads values and grads into the host vectors (a host synchronisation on the GPU).
+  void copy_to_host(const RunContext& ctx);
+  Device device() const { return device_; }
+
+ private:
+  Device device_ = Device::cpu;
+  T* device_values_[kNumParamRegions] = {nullptr, nullptr, nullptr};
+  T* device_grads_[kNumParamRegions] = {nullptr, nullptr, nullptr};
 };
 
 // Fills every tensor by its init rule from a Philox stream keyed by (seed, kInit, hash of the name),

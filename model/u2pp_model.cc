@@ -1,8 +1,6 @@
 // model/u2pp_model.cc — U2++ forward, joint loss and backward (see u2pp_model.h).
 #include "model/u2pp_model.h"
 
-#include <cstring>
-
 #include "kernels/cpu/ctc_loss.h"  // ctc_loss_alpha_size
 #include "kernels/ops.h"
 #include "model/targets.h"
@@ -26,6 +24,18 @@ U2ppModel<T>::U2ppModel(const ModelConfig& config, ParameterStore<T>* store, Exp
                           pe_table_.data(), kRightDecoderLayerIdBase);
   }
   ctc_lo_ = bind_linear(store, "ctc.ctc_lo");
+}
+
+template <class T>
+void U2ppModel<T>::place_tables(Arena* arena, const RunContext& ctx) {
+  CHECK(arena != nullptr && arena->device() == ctx.device)
+      << "U2ppModel::place_tables needs an arena in " << device_name(ctx.device) << " memory";
+  const int64_t n = static_cast<int64_t>(pe_table_.size());
+  T* table = arena->allocate_array<T>(n);
+  op::copy_host_to_device(table, pe_table_.data(), n * static_cast<int64_t>(sizeof(T)), ctx);
+  encoder_.pos_enc.table = table;
+  left_.pos_enc.table = table;
+  right_.pos_enc.table = table;
 }
 
 template <class T>
@@ -54,22 +64,27 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptio
     op::log_softmax_forward(ctc_log_probs_, logits, static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
     ctc_log_alpha_ = activation_alloc<T>(ctx, b * ctc_loss_alpha_size(l, lt));
     T* per_utt = activation_alloc<T>(ctx, b);
-    T total = 0;
-    op::ctc_loss_forward(per_utt, &total, ctc_log_alpha_, ctc_log_probs_, encoder_saved_.lengths, batch.text,
-                         batch.text_lengths, b, l, v, lt, ctx);
-    loss.ctc = static_cast<double>(total) / ctc_normalizer_;
+    T* total = activation_alloc<T>(ctx, 1);
+    text_ = device_mirror(ctx, batch.text, b * lt);
+    text_lengths_ = device_mirror(ctx, batch.text_lengths, b);
+    op::ctc_loss_forward(per_utt, total, ctc_log_alpha_, ctc_log_probs_, encoder_saved_.lengths, text_,
+                         text_lengths_, b, l, v, lt, ctx);
+    loss.ctc = static_cast<double>(*host_mirror(ctx, static_cast<const T*>(total), 1)) / ctc_normalizer_;
   }
 
   if (run_att_) {
     const int64_t u = lt + 1;
     const int32_t sos = static_cast<int32_t>(config_.sos()), eos = static_cast<int32_t>(config_.eos());
-    ys_in_ = activation_alloc<int32_t>(ctx, b * u);
-    ys_out_ = activation_alloc<int32_t>(ctx, b * u);
-    ys_in_lengths_ = activation_alloc<int32_t>(ctx, b);
-    make_decoder_targets(ys_in_, ys_out_, ys_in_lengths_, batch.text, batch.text_lengths, false, sos, eos,
+    int32_t* ys_in = host_alloc<int32_t>(ctx, b * u);
+    int32_t* ys_out = host_alloc<int32_t>(ctx, b * u);
+    int32_t* ys_in_lengths = host_alloc<int32_t>(ctx, b);
+    make_decoder_targets(ys_in, ys_out, ys_in_lengths, batch.text, batch.text_lengths, false, sos, eos,
                          ModelConfig::kIgnoreId, b, lt);
     int64_t tokens = 0;
-    for (int64_t i = 0; i < b; ++i) tokens += ys_in_lengths_[i];
+    for (int64_t i = 0; i < b; ++i) tokens += ys_in_lengths[i];
+    ys_in_ = device_mirror(ctx, static_cast<const int32_t*>(ys_in), b * u);
+    ys_out_ = device_mirror(ctx, static_cast<const int32_t*>(ys_out), b * u);
+    ys_in_lengths_ = device_mirror(ctx, static_cast<const int32_t*>(ys_in_lengths), b);
     if (config_.length_normalized_loss) {
       att_normalizer_ = options.token_normalizer > 0 ? options.token_normalizer : static_cast<double>(tokens);
     } else {
@@ -78,25 +93,31 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptio
     decoder_forward(&left_saved_, ys_in_, ys_in_lengths_, encoder_saved_.out, encoder_saved_.valid, left_,
                     dispatcher_, b, u, l, rng, ctx);
     l2r_lse_ = activation_alloc<T>(ctx, b * u);
-    T l2r = 0;
-    op::label_smoothing_loss_forward(&l2r, l2r_lse_, &loss.num_tokens, &loss.num_correct, left_saved_.logits,
+    T* l2r = activation_alloc<T>(ctx, 1);
+    int64_t* kept_correct = activation_alloc<int64_t>(ctx, 2);
+    op::label_smoothing_loss_forward(l2r, l2r_lse_, kept_correct, kept_correct + 1, left_saved_.logits,
                                      ys_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_,
                                      b * u, v, ctx);
-    loss.att_l2r = static_cast<double>(l2r);
+    loss.att_l2r = static_cast<double>(*host_mirror(ctx, static_cast<const T*>(l2r), 1));
+    const int64_t* host_kept_correct = host_mirror(ctx, static_cast<const int64_t*>(kept_correct), 2);
+    loss.num_tokens = host_kept_correct[0];
+    loss.num_correct = host_kept_correct[1];
     if (run_r2l_) {
-      r_in_ = activation_alloc<int32_t>(ctx, b * u);
-      r_out_ = activation_alloc<int32_t>(ctx, b * u);
-      int32_t* r_lengths = activation_alloc<int32_t>(ctx, b);
-      make_decoder_targets(r_in_, r_out_, r_lengths, batch.text, batch.text_lengths, true, sos, eos,
+      int32_t* r_in = host_alloc<int32_t>(ctx, b * u);
+      int32_t* r_out = host_alloc<int32_t>(ctx, b * u);
+      int32_t* r_lengths = host_alloc<int32_t>(ctx, b);
+      make_decoder_targets(r_in, r_out, r_lengths, batch.text, batch.text_lengths, true, sos, eos,
                            ModelConfig::kIgnoreId, b, lt);
-      decoder_forward(&right_saved_, r_in_, r_lengths, encoder_saved_.out, encoder_saved_.valid, right_,
-                      dispatcher_, b, u, l, rng, ctx);
+      r_in_ = device_mirror(ctx, static_cast<const int32_t*>(r_in), b * u);
+      r_out_ = device_mirror(ctx, static_cast<const int32_t*>(r_out), b * u);
+      decoder_forward(&right_saved_, r_in_, device_mirror(ctx, static_cast<const int32_t*>(r_lengths), b),
+                      encoder_saved_.out, encoder_saved_.valid, right_, dispatcher_, b, u, l, rng, ctx);
       r2l_lse_ = activation_alloc<T>(ctx, b * u);
-      T r2l = 0;
+      T* r2l = activation_alloc<T>(ctx, 1);
       op::label_smoothing_loss_forward(
-          &r2l, r2l_lse_, static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr), right_saved_.logits,
+          r2l, r2l_lse_, static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr), right_saved_.logits,
           r_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
-      loss.att_r2l = static_cast<double>(r2l);
+      loss.att_r2l = static_cast<double>(*host_mirror(ctx, static_cast<const T*>(r2l), 1));
     }
     loss.att = (1.0 - config_.reverse_weight) * loss.att_l2r + config_.reverse_weight * loss.att_r2l;
   }
@@ -114,7 +135,7 @@ void U2ppModel<T>::backward(double loss_scale, const StepRng& rng, const RunCont
   const int64_t l = encoder_saved_.length, d = config_.encoder.output_size;
   const double w = config_.ctc_weight, rw = config_.reverse_weight;
   T* denc = activation_alloc<T>(ctx, b * l * d);
-  std::memset(denc, 0, sizeof(T) * static_cast<size_t>(b * l * d));
+  op::fill_constant(denc, T(0), b * l * d, ctx);
 
   if (run_att_) {
     const int64_t u = lt + 1;
@@ -134,7 +155,7 @@ void U2ppModel<T>::backward(double loss_scale, const StepRng& rng, const RunCont
     T* dlp = activation_alloc<T>(ctx, b * l * v);
     op::ctc_loss_backward(dlp, static_cast<const T*>(nullptr),
                           static_cast<T>(loss_scale * w / ctc_normalizer_), ctc_log_alpha_, ctc_log_probs_,
-                          encoder_saved_.lengths, batch_.text, batch_.text_lengths, b, l, v, lt, ctx);
+                          encoder_saved_.lengths, text_, text_lengths_, b, l, v, lt, ctx);
     T* dlogits = activation_alloc<T>(ctx, b * l * v);
     op::log_softmax_backward(dlogits, dlp, ctc_log_probs_, static_cast<const uint8_t*>(nullptr), b * l, v,
                              ctx);

@@ -16,13 +16,14 @@
 
 namespace moeasr {
 
-// One padded batch on the host.
+// One padded batch: the features in ctx.device memory (the caller uploads them on the GPU), the
+// integer metadata on the host (the model mirrors what kernels read onto the device itself).
 template <class T>
 struct U2ppBatch {
-  const T* feats = nullptr;               // [B, T, F] fbank, padded
-  const int32_t* feat_lengths = nullptr;  // [B]
-  const int32_t* text = nullptr;          // [B, Lt] token ids, padding ignored
-  const int32_t* text_lengths = nullptr;  // [B]
+  const T* feats = nullptr;               // [B, T, F] fbank, padded (ctx.device memory)
+  const int32_t* feat_lengths = nullptr;  // [B] host
+  const int32_t* text = nullptr;          // [B, Lt] host; token ids, padding ignored
+  const int32_t* text_lengths = nullptr;  // [B] host
   int64_t batch = 0;                      // B
   int64_t frames = 0;                     // T
   int64_t max_text = 0;                   // Lt
@@ -59,6 +60,11 @@ class U2ppModel {
   // accumulated into the store's grads.
   void backward(double loss_scale, const StepRng& rng, const RunContext& ctx);
 
+  // For a run on ctx.device != cpu: copies the model's constant tables (the sinusoid positional
+  // encoding) into `arena` (memory of ctx.device that lives as long as the model) and points the
+  // layers at the copy. The parameters themselves live wherever the ParameterStore put them.
+  void place_tables(Arena* arena, const RunContext& ctx);
+
   const ModelConfig& config() const { return config_; }
   const EncoderSaved<T>& encoder_state() const { return encoder_saved_; }
   const T* ctc_log_probs() const { return ctc_log_probs_; }  // [B, L, V] of the last forward
@@ -85,8 +91,10 @@ class U2ppModel {
   double ctc_normalizer_ = 1, att_normalizer_ = 1;
   T* ctc_log_probs_ = nullptr;
   T* ctc_log_alpha_ = nullptr;
-  int32_t *ys_in_ = nullptr, *ys_out_ = nullptr, *ys_in_lengths_ = nullptr;
-  int32_t *r_in_ = nullptr, *r_out_ = nullptr;
+  // Token arrays in ctx.device memory (host mirrors on the CPU are the arrays themselves).
+  const int32_t *text_ = nullptr, *text_lengths_ = nullptr;
+  const int32_t *ys_in_ = nullptr, *ys_out_ = nullptr, *ys_in_lengths_ = nullptr;
+  const int32_t *r_in_ = nullptr, *r_out_ = nullptr;
   T *l2r_lse_ = nullptr, *r2l_lse_ = nullptr;
   bool has_forward_ = false;
 };

@@ -46,9 +46,9 @@ Status exchange_expert_counts(ExpertDispatchCounts* counts, const int64_t* send_
                                   std::to_string(ep) + " (" + comm->name() + ")");
   }
   const int64_t n_local = n_experts / ep;
-  int64_t* sent = activation_alloc<int64_t>(ctx, n_experts);
-  int64_t* recv = activation_alloc<int64_t>(ctx, ep * n_local);
-  int64_t* local = activation_alloc<int64_t>(ctx, n_local);
+  int64_t* sent = host_alloc<int64_t>(ctx, n_experts);
+  int64_t* recv = host_alloc<int64_t>(ctx, ep * n_local);
+  int64_t* local = host_alloc<int64_t>(ctx, n_local);
   int64_t negative = -1;
   for (int64_t e = 0; e < n_experts; ++e) {
     sent[e] = send_counts[e];

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/arena.h"
 #include "core/run_context.h"
 #include "model/parameter_table.h"
 
@@ -48,6 +49,12 @@ class AdamOptimizer {
 
   int64_t steps_taken() const { return step_; }
   void set_steps_taken(int64_t step) { step_ = step; }  // for resume
+  // Moves the moments into `arena` (memory of ctx.device, e.g. next to a ParameterStore placed with
+  // place_on); the host vectors below are then a staging copy that copy_to_host() refreshes (for
+  // checkpoints). Call after loading a checkpoint's moments.
+  void place_on(Arena* arena, const RunContext& ctx);
+  void copy_to_host(const RunContext& ctx);
+
   std::vector<T>& exp_avg(ParamRegion region) { return exp_avg_[static_cast<int>(region)]; }
   std::vector<T>& exp_avg_sq(ParamRegion region) { return exp_avg_sq_[static_cast<int>(region)]; }
   const AdamOptions& options() const { return options_; }
@@ -60,6 +67,11 @@ class AdamOptimizer {
   int64_t step_ = 0;
   std::vector<T> exp_avg_[kNumParamRegions];
   std::vector<T> exp_avg_sq_[kNumParamRegions];
+  // The moments' working copy after place_on (else the host vectors).
+  Device device_ = Device::cpu;
+  T* device_exp_avg_[kNumParamRegions] = {nullptr, nullptr, nullptr};
+  T* device_exp_avg_sq_[kNumParamRegions] = {nullptr, nullptr, nullptr};
+  T* moment(std::vector<T>* host, T* const* device, int r);
 };
 
 }  // namespace moeasr

@@ -573,7 +573,7 @@ Status encode_batch(std::vector<std::vector<float>>* out, RecognitionModel* mode
                   options.decoding_chunk_size, options.num_decoding_left_chunks, false, n, t_max, StepRng{},
                   ctx);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t l = saved.lengths[i];
+    const int64_t l = saved.lengths_host[i];
     const float* src = saved.out + i * saved.length * d;
     (*out)[idx[static_cast<size_t>(i)]].assign(src, src + l * d);
   }
