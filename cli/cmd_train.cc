@@ -61,7 +61,7 @@ int fail(const Status& status, int world) {
 
 int run_train(int argc, char** argv) {
   std::string config_path, train_data, cv_data, model_dir, checkpoint, resume = "none", tensorboard_dir;
-  std::string symbol_table, cmvn;
+  std::string symbol_table, cmvn, device = "cpu";
   std::vector<std::string> overrides;
   int num_threads = 0;
   int64_t seed = -1, max_steps = 0;
@@ -84,7 +84,10 @@ int run_train(int argc, char** argv) {
       "change one config value, \"a.b value\" or \"a.b=value\" (repeatable)")(
       "num_threads", po::value(&num_threads)->default_value(0),
       "CPU threads per rank (OpenMP; 0: train_conf.num_threads)")(
-      "seed", po::value(&seed)->default_value(-1), "overrides train_conf.seed (data order, dropout, chunks)")(
+      "device", po::value(&device)->default_value("cpu"),
+      "cpu, or cuda: parameters, gradients, Adam moments and activations on this rank's GPU (fp32; one "
+      "rank until NCCL communicators are wired)")("seed", po::value(&seed)->default_value(-1),
+                                                  "overrides train_conf.seed (data order, dropout, chunks)")(
       "max_steps", po::value(&max_steps)->default_value(0),
       "stop after this many optimizer steps in total (0: max_epoch decides)")(
       "max_minutes", po::value(&max_minutes)->default_value(0),
@@ -112,6 +115,10 @@ int run_train(int argc, char** argv) {
   }
   if (config_path.empty() || train_data.empty() || model_dir.empty()) {
     std::fprintf(stderr, "moe-asr train: --config, --train_data and --model_dir are required (see --help)\n");
+    return kTrainExitUsage;
+  }
+  if (device != "cpu" && device != "cuda") {
+    std::fprintf(stderr, "moe-asr train: --device must be cpu or cuda (got '%s')\n", device.c_str());
     return kTrainExitUsage;
   }
   if (resume != "auto" && resume != "none") {
@@ -184,6 +191,7 @@ int run_train(int argc, char** argv) {
   options.model_dir = model_dir;
   options.checkpoint = checkpoint;
   options.resume = resume == "auto";
+  options.device = device;
   options.num_threads =
       num_threads > 0 ? num_threads
                       : static_cast<int>(std::max<int64_t>(1, config.value().train_conf().num_threads()));

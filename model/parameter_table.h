@@ -96,6 +96,12 @@ struct ParameterStore {
   const T* value(const ParamEntry& e) const {
     return const_cast<ParameterStore*>(this)->region_values(e.region) + e.offset;
   }
+  // The host vectors' element of e, whatever holds the working copy (checkpoints and weight files
+  // read and write these; after place_on they are staging, see copy_to_host).
+  T* host_value(const ParamEntry& e) { return values[static_cast<int>(e.region)].data() + e.offset; }
+  const T* host_value(const ParamEntry& e) const {
+    return values[static_cast<int>(e.region)].data() + e.offset;
+  }
   T* grad(const ParamEntry& e);  // CHECK-fails for buffers
   T* value(const std::string& name) { return value(table->at(name)); }
   T* grad(const std::string& name) { return grad(table->at(name)); }

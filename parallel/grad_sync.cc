@@ -5,30 +5,31 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/cpu/cpu_parallel.h"
-#include "kernels/cpu/optimizer.h"
+#include "kernels/ops.h"
 
 namespace moeasr {
 namespace {
 
 template <class T>
-Status all_reduce_buckets(std::vector<T>* grads, Communicator* comm, int64_t bucket_bytes,
-                          const char* region) {
-  const int64_t n = static_cast<int64_t>(grads->size());
+Status all_reduce_buckets(ParameterStore<T>* store, ParamRegion region, Communicator* comm,
+                          int64_t bucket_bytes, const char* name) {
+  T* grads = store->region_grads(region);  // the working copy: host, or device memory after place_on
+  const int64_t n = static_cast<int64_t>(store->grads[static_cast<int>(region)].size());
   const int64_t per_bucket = std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(sizeof(T)));
   // The bucket count is a function of the region size alone, equal on every member (same table).
   for (int64_t begin = 0; begin < n; begin += per_bucket) {
     const int64_t count = std::min(per_bucket, n - begin);
-    Status s = comm->all_reduce(grads->data() + begin, count, DTypeOf<T>::value, ReduceOp::kSum);
-    if (!s.ok()) return s.with_context(std::string("syncing the ") + region + " gradients");
+    Status s = comm->all_reduce(grads + begin, count, DTypeOf<T>::value, ReduceOp::kSum);
+    if (!s.ok()) return s.with_context(std::string("syncing the ") + name + " gradients");
   }
   return Status();
 }
 
 template <class T>
-double squared_norm(const std::vector<T>& grads, const RunContext& ctx) {
-  GradBuffer<T> buffer{const_cast<T*>(grads.data()), static_cast<int64_t>(grads.size())};
-  const double norm = global_grad_norm(&buffer, 1, ctx);
+double squared_norm(const ParameterStore<T>& store, ParamRegion region, const RunContext& ctx) {
+  GradBuffer<T> buffer{const_cast<ParameterStore<T>&>(store).region_grads(region),
+                       static_cast<int64_t>(store.grads[static_cast<int>(region)].size())};
+  const double norm = op::global_grad_norm(&buffer, 1, ctx);
   return norm * norm;
 }
 
@@ -48,18 +49,22 @@ Status sync_gradients(ParameterStore<T>* store, Communicator* world, Communicato
     return invalid_argument_error("GradSyncOptions.bucket_bytes must be > 0, got " +
                                   std::to_string(options.bucket_bytes));
   }
-  RETURN_IF_ERROR(all_reduce_buckets(&store->grads[static_cast<int>(ParamRegion::kDense)], world,
-                                     options.bucket_bytes, "dense"));
-  RETURN_IF_ERROR(all_reduce_buckets(&store->grads[static_cast<int>(ParamRegion::kExpert)], edp,
-                                     options.bucket_bytes, "expert"));
+  if (store->device() != Device::cpu && (world->size() > 1 || edp->size() > 1) &&
+      world->device() != store->device()) {
+    return unimplemented_error(
+        "gradient sync of a GPU-resident model needs device communicators (NCCL), which the trainer does not "
+        "create yet: train on one GPU, or with --device cpu");
+  }
+  RETURN_IF_ERROR(all_reduce_buckets(store, ParamRegion::kDense, world, options.bucket_bytes, "dense"));
+  RETURN_IF_ERROR(all_reduce_buckets(store, ParamRegion::kExpert, edp, options.bucket_bytes, "expert"));
   return Status();
 }
 
 template <class T>
 StatusOr<double> global_grad_norm_distributed(const ParameterStore<T>& store, Communicator* ep,
                                               const RunContext& ctx) {
-  const double dense = squared_norm(store.grads[static_cast<int>(ParamRegion::kDense)], ctx);
-  double expert = squared_norm(store.grads[static_cast<int>(ParamRegion::kExpert)], ctx);
+  const double dense = squared_norm(store, ParamRegion::kDense, ctx);
+  double expert = squared_norm(store, ParamRegion::kExpert, ctx);
   RETURN_IF_ERROR(ep->all_reduce(&expert, 1, DType::f64, ReduceOp::kSum));
   return std::sqrt(dense + expert);
 }
@@ -72,13 +77,10 @@ StatusOr<double> clip_grad_norm_distributed(ParameterStore<T>* store, double max
   if (!std::isfinite(norm)) return norm;
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0) {
-    const T c = static_cast<T>(coef);
-    for (int r : {static_cast<int>(ParamRegion::kDense), static_cast<int>(ParamRegion::kExpert)}) {
-      std::vector<T>& g = store->grads[r];
-      const int64_t n = static_cast<int64_t>(g.size());
-      const int threads = cpu_threads_for(ctx, n);
-#pragma omp parallel for num_threads(threads) schedule(static)
-      for (int64_t i = 0; i < n; ++i) g[i] *= c;
+    for (ParamRegion region : {ParamRegion::kDense, ParamRegion::kExpert}) {
+      T* g = store->region_grads(region);
+      op::scale_forward(g, g, static_cast<T>(coef),
+                        static_cast<int64_t>(store->grads[static_cast<int>(region)].size()), ctx);
     }
   }
   return norm;

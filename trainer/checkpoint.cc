@@ -515,7 +515,7 @@ StatusOr<std::string> save_checkpoint(const std::string& model_dir, const Traini
   auto to_write = [&](const ParamEntry& e) {
     TensorToWrite t;
     t.entry = &e;
-    t.values = store.value(e);
+    t.values = store.host_value(e);
     if (e.region != ParamRegion::kBuffer) {
       const int r = static_cast<int>(e.region);
       CHECK_EQ(adam.exp_avg(e.region).size(), store.values[r].size()) << "Adam moments of another store";
@@ -783,7 +783,7 @@ Status load_checkpoint(const std::string& checkpoint_dir, TrainingState* state, 
   }
   for (const ParamEntry& e : table.entries()) {
     const proto::CheckpointTensor& t = *reader->find(e.name);
-    RETURN_IF_ERROR(reader->read(t, CheckpointData::kValues, store->value(e)));
+    RETURN_IF_ERROR(reader->read(t, CheckpointData::kValues, store->host_value(e)));
     if (adam != nullptr && e.region != ParamRegion::kBuffer) {
       const int r = static_cast<int>(e.region);
       CHECK_EQ(adam->exp_avg(e.region).size(), store->values[r].size()) << "Adam moments of another store";

@@ -74,7 +74,7 @@ Status load_model_weights(const std::string& path, ParameterStore<float>* store)
                                     " but the configured model expects " + e.shape.to_string() +
                                     " (a checkpoint from another model shape)");
     }
-    if (H5Dread(d.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, store->value(e)) < 0) {
+    if (H5Dread(d.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, store->host_value(e)) < 0) {
       return data_loss_error(path + ": cannot read tensor '" + e.name + "'");
     }
   }
@@ -97,7 +97,8 @@ Status save_model_weights(const std::string& path, const ParameterStore<float>& 
       H5Handle d{H5Dcreate2(params.id, e.name.c_str(), H5T_IEEE_F32LE, space.id, H5P_DEFAULT, H5P_DEFAULT,
                             H5P_DEFAULT),
                  H5Dclose};
-      if (d.id < 0 || H5Dwrite(d.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, store.value(e)) < 0) {
+      if (d.id < 0 ||
+          H5Dwrite(d.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, store.host_value(e)) < 0) {
         return io_error("cannot write tensor '" + e.name + "' to " + tmp);
       }
     }

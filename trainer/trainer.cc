@@ -30,12 +30,18 @@
 #include "model/expert_dispatch.h"
 #include "model/front_end.h"
 #include "model/u2pp_model.h"
+#include "parallel/bootstrap.h"
 #include "parallel/expert_load.h"
 #include "parallel/grad_sync.h"
 #include "parallel/mpi_expert_dispatcher.h"
 #include "trainer/model_weights.h"
 #include "trainer/tensorboard.h"
 #include "trainer/train_config.h"
+
+#if MOEASR_WITH_CUDA
+#include "kernels/cuda/cuda_context.h"
+#include "kernels/cuda/device.h"
+#endif
 
 extern char** environ;
 
@@ -379,6 +385,17 @@ struct IntervalStats {
 
 }  // namespace
 
+// What a --device cuda run holds on top of the CPU trainer's state.
+#if MOEASR_WITH_CUDA
+struct GpuState {
+  std::unique_ptr<CudaContext> cuda;
+  std::unique_ptr<DeviceMemoryBlock> params_block, activations_block;
+  std::unique_ptr<Arena> params;  // parameters, gradients, Adam moments, the positional table
+};
+#else
+struct GpuState {};
+#endif
+
 struct Trainer::Impl {
   TrainerOptions options;
   TrainSettings settings;
@@ -396,7 +413,9 @@ struct Trainer::Impl {
   std::unique_ptr<ExpertDispatcher<float>> dispatcher;
   std::unique_ptr<U2ppModel<float>> model;
   std::unique_ptr<AdamOptimizer<float>> adam;
-  std::unique_ptr<Arena> activations;
+  std::unique_ptr<Arena> activations;    // ctx.device memory
+  std::unique_ptr<Arena> host_metadata;  // GPU runs: the step's host-side metadata (ctx.host_metadata)
+  GpuState gpu;                          // --device cuda
   RunContext ctx;
 
   TrainingState state;
@@ -492,6 +511,41 @@ struct Trainer::Impl {
     if (options.scalars != nullptr) options.scalars->scalar(tag, value, state.step);
   }
 
+  bool on_gpu() const { return ctx.device != Device::cpu; }
+
+  // Both step arenas, at the start of every micro-batch and cv batch.
+  void reset_step_arenas() {
+    activations->reset();
+    if (host_metadata) host_metadata->reset();
+  }
+
+  // The batch as the model takes it: on the GPU the features are uploaded into the activation arena
+  // (call after reset_step_arenas); the integer metadata stays on the host.
+  U2ppBatch<float> device_batch(const Batch& b) {
+    U2ppBatch<float> view = model_batch(b);
+    if (!on_gpu()) return view;
+    float* feats = activations->allocate_array<float>(static_cast<int64_t>(b.feats.size()));
+    op::copy_host_to_device(feats, b.feats.data(), static_cast<int64_t>(b.feats.size() * sizeof(float)), ctx);
+    view.feats = feats;
+    return view;
+  }
+
+  // GPU runs: refresh the host copies of the parameters, gradients and Adam moments (checkpoints and
+  // the final weights read those).
+  void sync_host_copies() {
+    if (!on_gpu()) return;
+    store->copy_to_host(ctx);
+    adam->copy_to_host(ctx);
+  }
+
+  // --device cuda: a CUDA context on this rank's local device, the store and Adam moments moved into
+  // one device block, the rest of the free memory (less a reserve for cuBLASLt/cuDNN) for activations.
+  // Called after the weights are final on the host (initialised, CMVN, resumed) and before the model
+  // binds them.
+  Status place_on_gpu();
+  // The positional table into device memory next to the parameters (GPU runs; after the model exists).
+  void place_model_tables();
+
   Status load_cmvn(const std::string& path) {
     ASSIGN_OR_RETURN(CmvnStats stats, read_cmvn_json(path));
     std::vector<float> mean, istd;
@@ -503,8 +557,9 @@ struct Trainer::Impl {
       return invalid_argument_error("cmvn file " + path + " has " + std::to_string(mean.size()) +
                                     " dims but input_dim is " + std::to_string(m->numel));
     }
-    std::copy(mean.begin(), mean.end(), store->value(*m));
-    std::copy(istd.begin(), istd.end(), store->value(*s));
+    // Into the host vectors: called before the store moves to a device.
+    std::copy(mean.begin(), mean.end(), store->values[static_cast<int>(m->region)].data() + m->offset);
+    std::copy(istd.begin(), istd.end(), store->values[static_cast<int>(s->region)].data() + s->offset);
     return Status();
   }
 
@@ -555,6 +610,57 @@ struct Trainer::Impl {
   }
 };
 
+Status Trainer::Impl::place_on_gpu() {
+#if MOEASR_WITH_CUDA
+  std::string why;
+  const int devices = cuda_usable_device_count(&why);
+  if (devices == 0) return failed_precondition_error("--device cuda: no usable CUDA device (" + why + ")");
+  std::string source;
+  StatusOr<int> local = local_rank_from_env(process_env(), &source);
+  const int device = (local.ok() ? local.value() : 0) % devices;
+  gpu.cuda = std::make_unique<CudaContext>(device);
+  gpu.cuda->fill(&ctx);
+  int64_t elems = 0;
+  for (int r = 0; r < kNumParamRegions; ++r) {
+    elems += static_cast<int64_t>(store->values[r].size() + 3 * store->grads[r].size());
+  }
+  const int64_t table_bytes = static_cast<int64_t>(kPositionalEncodingMaxLen) *
+                              model_config.encoder.output_size * static_cast<int64_t>(sizeof(float));
+  const int64_t param_bytes = elems * static_cast<int64_t>(sizeof(float)) + table_bytes + (int64_t{16} << 20);
+  gpu.params_block =
+      std::make_unique<DeviceMemoryBlock>("parameters, gradients and Adam moments", param_bytes);
+  gpu.params =
+      std::make_unique<Arena>("device parameters", gpu.params_block->data(), param_bytes, Device::cuda);
+  store->place_on(gpu.params.get(), ctx);
+  adam->place_on(gpu.params.get(), ctx);
+  const int64_t reserve = int64_t{2} << 30;  // cuBLASLt/cuDNN workspaces, the CUDA context's own use
+  const int64_t activation_bytes = cuda_free_bytes() - reserve;
+  if (activation_bytes <= 0) {
+    return failed_precondition_error("--device cuda: no device memory left for activations after the " +
+                                     std::to_string(param_bytes) + " bytes of parameters and moments");
+  }
+  gpu.activations_block = std::make_unique<DeviceMemoryBlock>("activations", activation_bytes);
+  activations = std::make_unique<Arena>("device activations", gpu.activations_block->data(), activation_bytes,
+                                        Device::cuda);
+  ctx.activations = activations.get();
+  host_metadata = std::make_unique<Arena>("host metadata", int64_t{1} << 20, Arena::Growth::kGrowable);
+  ctx.host_metadata = host_metadata.get();
+  LOG(INFO) << "device: CUDA " << device << " of " << devices << " (local rank from "
+            << (local.ok() ? source : std::string("none: device 0")) << "); " << param_bytes
+            << " bytes for parameters, gradients and moments, " << activation_bytes << " for activations";
+  return Status();
+#else
+  return invalid_argument_error(
+      "--device cuda: this build has no CUDA backend (rebuild with nvcc on PATH, or -DMOEASR_CUDA=ON)");
+#endif
+}
+
+void Trainer::Impl::place_model_tables() {
+#if MOEASR_WITH_CUDA
+  if (on_gpu()) model->place_tables(gpu.params.get(), ctx);
+#endif
+}
+
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Trainer::~Trainer() = default;
 
@@ -562,7 +668,7 @@ const TrainingState& Trainer::state() const {
   return impl_->state;
 }
 const ParameterStore<float>& Trainer::store() const {
-  return *impl_->store;
+  return *impl_->store;  // GPU runs: its host vectors are as of the last checkpoint / weights file
 }
 const TrainSettings& Trainer::settings() const {
   return impl_->settings;
@@ -595,6 +701,15 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
   m.options = std::move(options);
   const TrainerOptions& o = m.options;
 
+  if (o.device != "cpu" && o.device != "cuda") {
+    return invalid_argument_error("--device must be cpu or cuda (got '" + o.device + "')");
+  }
+  if (o.device == "cuda" && groups->layout.world_size > 1) {
+    return unimplemented_error(
+        "--device cuda with " + std::to_string(groups->layout.world_size) +
+        " ranks: the trainer does not create NCCL communicators for the gradient sync and the expert "
+        "exchange yet; train on one GPU (one rank), or on CPU ranks with --device cpu");
+  }
   m.ctx.device = Device::cpu;
   m.ctx.num_threads = std::max(1, o.num_threads);
   m.ctx.rank = groups->layout.world_rank;
@@ -639,7 +754,6 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
   } else {
     m.dispatcher = std::make_unique<LocalExpertDispatcher<float>>();
   }
-  m.model = std::make_unique<U2ppModel<float>>(m.model_config, m.store.get(), m.dispatcher.get(), layout);
   AdamOptions adam = m.settings.adam;
   adam.grad_clip = 0;  // clipped with the distributed norm before the update
   m.adam = std::make_unique<AdamOptimizer<float>>(m.store.get(), adam);
@@ -704,6 +818,11 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
     RETURN_IF_ERROR(m.initialise_from(o.checkpoint));
   }
 
+  // The weights are final on the host: move them to the device (GPU runs), then bind the model.
+  if (o.device == "cuda") RETURN_IF_ERROR(m.place_on_gpu());
+  m.model = std::make_unique<U2ppModel<float>>(m.model_config, m.store.get(), m.dispatcher.get(), layout);
+  m.place_model_tables();
+
   LoaderOptions train_options = loader_options_from_config(o.config, m.state.seed, true);
   train_options.hdf5_mutex = hdf5_mutex;
   ASSIGN_OR_RETURN(m.train_loader, Loader::from_manifest(o.train_data, m.tokenizer.get(), train_options,
@@ -757,7 +876,7 @@ StatusOr<StepResult> Trainer::train_step() {
   Impl& m = *impl_;
   Communicator* world = m.groups->world.get();
   StepResult result;
-  m.store->zero_grads();
+  m.store->zero_grads(m.ctx);
   const Clock::time_point step_start = Clock::now();
   // Local sums over micro-batches: loss parts (each normalised by its micro-batch's global size),
   // tokens, correct tokens, frames, utterances, non-finite micro-batches.
@@ -818,9 +937,9 @@ StatusOr<StepResult> Trainer::train_step() {
     rng.base.step = static_cast<uint64_t>(micro_index);
     rng.base.rank = static_cast<uint32_t>(m.rank());
 
-    m.activations->reset();
+    m.reset_step_arenas();
     t0 = Clock::now();
-    const U2ppLoss loss = m.model->forward(model_batch(batch), fo, rng, m.ctx);
+    const U2ppLoss loss = m.model->forward(m.device_batch(batch), fo, rng, m.ctx);
     m.interval.fwd += seconds_since(t0);
     t0 = Clock::now();
     // Always backward, also for a non-finite loss: the EP exchanges of every rank must meet.
@@ -850,7 +969,7 @@ StatusOr<StepResult> Trainer::train_step() {
     sums[7] += finite ? 0.0 : 1.0;
     result.micro_batches = static_cast<int>(micro + 1);
   }
-  m.activations->reset();
+  m.reset_step_arenas();
   if (result.micro_batches == 0) {
     result.outcome = StepOutcome::kEndOfEpoch;
     return result;
@@ -879,7 +998,7 @@ StatusOr<StepResult> Trainer::train_step() {
     result.outcome = StepOutcome::kSkipped;
     ++m.state.skipped_steps;
     ++m.consecutive_nonfinite;
-    m.store->zero_grads();
+    m.store->zero_grads(m.ctx);
     std::string keys;
     const std::vector<std::string>& shown = bad_keys.empty() ? step_keys : bad_keys;
     for (size_t i = 0; i < shown.size(); ++i) keys += (i ? " " : "") + shown[i];
@@ -945,8 +1064,8 @@ StatusOr<double> Trainer::evaluate_cv() {
     fo.batch_normalizer = static_cast<double>(batch.size());
     StepRng rng;
     rng.training = false;
-    m.activations->reset();
-    const U2ppLoss loss = m.model->forward(model_batch(batch), fo, rng, m.ctx);
+    m.reset_step_arenas();
+    const U2ppLoss loss = m.model->forward(m.device_batch(batch), fo, rng, m.ctx);
     if (!mine) continue;
     sums[0] += loss.total * static_cast<double>(batch.size());
     sums[1] += static_cast<double>(batch.size());
@@ -954,7 +1073,7 @@ StatusOr<double> Trainer::evaluate_cv() {
     sums[3] += static_cast<double>(loss.num_correct);
     sums[4] += 1;
   }
-  m.activations->reset();
+  m.reset_step_arenas();
   RETURN_IF_ERROR(all_reduce_sum(world, sums, 5));
   if (sums[1] <= 0)
     return failed_precondition_error("the cv set " + m.options.cv_data + " gave no utterances");
@@ -989,6 +1108,7 @@ StatusOr<std::string> Trainer::save(bool epoch_done) {
     s.data_cursors.push_back(m.train_loader->cursor().serialize());  // gathered by save_checkpoint
   }
   const Clock::time_point t0 = Clock::now();
+  m.sync_host_copies();
   ASSIGN_OR_RETURN(
       std::string dir,
       save_checkpoint(m.options.model_dir, s, *m.store, *m.adam, m.groups->world.get(), m.groups->ep.get(),
@@ -1005,6 +1125,7 @@ StatusOr<std::string> Trainer::save(bool epoch_done) {
 Status Trainer::write_weights(const std::string& path) {
   Impl& m = *impl_;
   const ParallelLayout& layout = m.groups->layout;
+  m.sync_host_copies();
   if (layout.ep_size == 1) {
     if (layout.world_rank == 0) RETURN_IF_ERROR(save_model_weights(path, *m.store, m.config_yaml));
     return m.groups->world->barrier();
@@ -1020,7 +1141,8 @@ Status Trainer::write_weights(const std::string& path) {
     ParameterStore<float> full(full_table);
     for (const ParamEntry& e : m.table->entries()) {
       if (e.region == ParamRegion::kExpert) continue;
-      std::copy(m.store->value(e), m.store->value(e) + e.numel, full.value(full_table.at(e.name)));
+      const float* host = m.store->values[static_cast<int>(e.region)].data() + e.offset;
+      std::copy(host, host + e.numel, full.value(full_table.at(e.name)));
     }
     for (int r = 0; r < layout.ep_size; ++r) {
       ParameterTable t = build_u2pp_parameter_table(m.model_config, ExpertLayout{r, layout.ep_size});

@@ -108,13 +108,16 @@ LoaderOptions loader_options_from_config(const proto::TrainConfig& config, uint6
 Status check_parallel_layout(const proto::TrainConfig& config, int world_size);
 
 struct TrainerOptions {
-  proto::TrainConfig config;      // resolved (load_train_config)
-  std::string train_data;         // manifest of the training shards
-  std::string cv_data;            // manifest of the cv shards ("" : no cv)
-  std::string model_dir;          // exp/<name>
-  std::string checkpoint;         // initialise the weights from this checkpoint dir / weights file
-  bool resume = false;            // --resume auto
-  int num_threads = 1;            // OpenMP threads per rank
+  proto::TrainConfig config;  // resolved (load_train_config)
+  std::string train_data;     // manifest of the training shards
+  std::string cv_data;        // manifest of the cv shards ("" : no cv)
+  std::string model_dir;      // exp/<name>
+  std::string checkpoint;     // initialise the weights from this checkpoint dir / weights file
+  bool resume = false;        // --resume auto
+  int num_threads = 1;        // OpenMP threads per rank
+  // "cpu", or "cuda": the model, its gradients and Adam moments in GPU memory (the rank's local index
+  // picks the device). One rank only until the trainer creates NCCL communicators.
+  std::string device = "cpu";
   int64_t max_steps = 0;          // stop after this many updates (0: max_epoch decides)
   double max_minutes = 0;         // stop after this many minutes of run(): cv, checkpoint, final.h5
   std::string symbol_table;       // overrides tokenizer_conf.symbol_table_path when set

@@ -507,6 +507,24 @@ TEST(Trainer, LayoutAndConfigErrorsAreClear) {
   ASSERT_FALSE(run.ok());
   EXPECT_NE(run.status().message().find("missing.jsonl"), std::string::npos) << run.status().message();
 
+  // --device: an unknown value is refused naming it; cuda is refused with the reason where this
+  // machine cannot train on a GPU (no CUDA backend in the build, or no usable device).
+  TrainerOptions bad_device = options_for(good.value(), model_dir("bad_device"));
+  bad_device.device = "tpu";
+  run = make_run(bad_device);
+  ASSERT_FALSE(run.ok());
+  EXPECT_NE(run.status().message().find("--device must be cpu or cuda (got 'tpu')"), std::string::npos)
+      << run.status().message();
+  TrainerOptions cuda = options_for(good.value(), model_dir("cuda_here"));
+  cuda.device = "cuda";
+  run = make_run(cuda);
+  if (!run.ok()) {
+    const std::string& m = run.status().message();
+    EXPECT_TRUE(m.find("--device cuda: this build has no CUDA backend") != std::string::npos ||
+                m.find("--device cuda: no usable CUDA device") != std::string::npos)
+        << m;
+  }
+
   // Bad training knobs.
   auto accum = config_with({});
   ASSERT_TRUE(accum.ok());
