@@ -86,11 +86,14 @@ void layer_norm_rows(T* out, const T* x, const LayerNormRef<T>& ln, int64_t n, c
 
 // Self-attention K/V of positions [0, length) for N sequences and the utterance's cross-attention
 // K/V, per layer.
+// All buffers come from ctx.activations (device memory on the GPU); k/v are double-buffered so that a
+// beam reorder copies into the spare set and swaps, without allocating per step.
 template <class T>
 struct DecoderCache {
   int64_t n = 0, capacity = 0, length = 0, frames = 0;
-  std::vector<std::vector<T>> k, v;          // per layer [N, capacity, d]
-  std::vector<std::vector<T>> mem_k, mem_v;  // per layer [L, d]
+  std::vector<T*> k, v;              // per layer [N, capacity, d]
+  std::vector<T*> k_spare, v_spare;  // per layer [N, capacity, d]
+  std::vector<T*> mem_k, mem_v;      // per layer [L, d]
 };
 
 template <class T>
@@ -101,38 +104,43 @@ void decoder_cache_init(DecoderCache<T>* c, const DecoderParams<T>& p, const T* 
   c->capacity = capacity;
   c->length = 0;
   c->frames = frames;
-  c->k.assign(static_cast<size_t>(layers), std::vector<T>(static_cast<size_t>(n * capacity * d)));
-  c->v.assign(static_cast<size_t>(layers), std::vector<T>(static_cast<size_t>(n * capacity * d)));
-  c->mem_k.assign(static_cast<size_t>(layers), std::vector<T>(static_cast<size_t>(frames * d)));
-  c->mem_v.assign(static_cast<size_t>(layers), std::vector<T>(static_cast<size_t>(frames * d)));
+  for (std::vector<T*>* set : {&c->k, &c->v, &c->k_spare, &c->v_spare, &c->mem_k, &c->mem_v}) {
+    set->assign(static_cast<size_t>(layers), nullptr);
+  }
   for (int64_t l = 0; l < layers; ++l) {
+    for (std::vector<T*>* set : {&c->k, &c->v, &c->k_spare, &c->v_spare}) {
+      (*set)[l] = activation_alloc<T>(ctx, n * capacity * d);
+    }
+    c->mem_k[l] = activation_alloc<T>(ctx, frames * d);
+    c->mem_v[l] = activation_alloc<T>(ctx, frames * d);
     const MultiHeadAttentionParams<T>& a = p.layers[static_cast<size_t>(l)].src_attn;
-    op::linear_forward(c->mem_k[l].data(), memory, a.linear_k.weight.value, a.linear_k.bias.value, frames, d,
-                       d, ctx);
-    op::linear_forward(c->mem_v[l].data(), memory, a.linear_v.weight.value, a.linear_v.bias.value, frames, d,
-                       d, ctx);
+    op::linear_forward(c->mem_k[l], memory, a.linear_k.weight.value, a.linear_k.bias.value, frames, d, d,
+                       ctx);
+    op::linear_forward(c->mem_v[l], memory, a.linear_v.weight.value, a.linear_v.bias.value, frames, d, d,
+                       ctx);
   }
 }
 
 // Sequence i takes the cached positions of sequence parent[i].
 template <class T>
-void decoder_cache_reorder(DecoderCache<T>* c, const std::vector<int64_t>& parent, int64_t d) {
+void decoder_cache_reorder(DecoderCache<T>* c, const std::vector<int64_t>& parent, int64_t d,
+                           const RunContext& ctx) {
   const int64_t row = c->capacity * d, used = c->length * d;
   for (size_t l = 0; l < c->k.size(); ++l) {
-    for (std::vector<T>* buf : {&c->k[l], &c->v[l]}) {
-      std::vector<T> next(buf->size());
-      for (int64_t i = 0; i < c->n; ++i) {
-        std::memcpy(next.data() + i * row, buf->data() + parent[static_cast<size_t>(i)] * row,
-                    sizeof(T) * static_cast<size_t>(used));
-      }
-      buf->swap(next);
+    for (int64_t i = 0; i < c->n; ++i) {
+      const int64_t from = parent[static_cast<size_t>(i)] * row;
+      op::copy_elements(c->k_spare[l] + i * row, static_cast<const T*>(c->k[l] + from), used, ctx);
+      op::copy_elements(c->v_spare[l] + i * row, static_cast<const T*>(c->v[l] + from), used, ctx);
     }
+    std::swap(c->k[l], c->k_spare[l]);
+    std::swap(c->v[l], c->v_spare[l]);
   }
 }
 
-// Positions [length, length + S) of the N sequences: tokens [N, S] -> log_probs [N, S, V].
+// Positions [length, length + S) of the N sequences: tokens [N, S] (host) -> log_probs [N, S, V]
+// (ctx.device memory).
 template <class T>
-void decoder_advance(T* log_probs, DecoderCache<T>* c, const int32_t* tokens, const DecoderParams<T>& p,
+void decoder_advance(T* log_probs, DecoderCache<T>* c, const int32_t* host_tokens, const DecoderParams<T>& p,
                      ExpertDispatcher<T>* dispatcher, int64_t steps, const RunContext& ctx) {
   const int64_t n = c->n, pos0 = c->length, rows = n * steps, tk = pos0 + steps, frames = c->frames;
   const int64_t d = p.d_model, heads = p.config.attention_heads, dk = d / heads, vocab = p.vocab;
@@ -142,13 +150,14 @@ void decoder_advance(T* log_probs, DecoderCache<T>* c, const int32_t* tokens, co
   const StepRng rng;  // eval: no dropout
 
   T* x = activation_alloc<T>(ctx, rows * d);
-  op::embedding_forward(x, tokens, p.embed.value, rows, vocab, d, ctx);
+  op::embedding_forward(x, device_mirror(ctx, host_tokens, rows), p.embed.value, rows, vocab, d, ctx);
   positional_encoding_forward(x, x, p.pos_enc, pos0, n, steps, p.layer_id_base - 1, rng, ctx);
   // Causal mask of the new positions over all keys: key j visible to position pos0 + s iff j <= pos0 + s.
-  uint8_t* mask = activation_alloc<uint8_t>(ctx, steps * tk);
+  uint8_t* host_mask = host_alloc<uint8_t>(ctx, steps * tk);
   for (int64_t s = 0; s < steps; ++s) {
-    for (int64_t j = 0; j < tk; ++j) mask[s * tk + j] = j <= pos0 + s ? 1 : 0;
+    for (int64_t j = 0; j < tk; ++j) host_mask[s * tk + j] = j <= pos0 + s ? 1 : 0;
   }
+  const uint8_t* mask = device_mirror(ctx, static_cast<const uint8_t*>(host_mask), steps * tk);
   T* a = activation_alloc<T>(ctx, rows * d);
   T* q = activation_alloc<T>(ctx, rows * d);
   T* kn = activation_alloc<T>(ctx, rows * d);
@@ -166,23 +175,24 @@ void decoder_advance(T* log_probs, DecoderCache<T>* c, const int32_t* tokens, co
     op::linear_forward(q, a, sa.linear_q.weight.value, sa.linear_q.bias.value, rows, d, d, ctx);
     op::linear_forward(kn, a, sa.linear_k.weight.value, sa.linear_k.bias.value, rows, d, d, ctx);
     op::linear_forward(vn, a, sa.linear_v.weight.value, sa.linear_v.bias.value, rows, d, d, ctx);
-    T* kc = c->k[l].data();
-    T* vc = c->v[l].data();
+    T* kc = c->k[l];
+    T* vc = c->v[l];
     for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(kc + (i * c->capacity + pos0) * d, kn + i * steps * d,
-                  sizeof(T) * static_cast<size_t>(steps * d));
-      std::memcpy(vc + (i * c->capacity + pos0) * d, vn + i * steps * d,
-                  sizeof(T) * static_cast<size_t>(steps * d));
+      op::copy_elements(kc + (i * c->capacity + pos0) * d, static_cast<const T*>(kn + i * steps * d),
+                        steps * d, ctx);
+      op::copy_elements(vc + (i * c->capacity + pos0) * d, static_cast<const T*>(vn + i * steps * d),
+                        steps * d, ctx);
     }
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t h = 0; h < heads; ++h) {
         const T* qh = q + i * steps * d + h * dk;
         const T* kh = kc + i * c->capacity * d + h * dk;
         const T* vh = vc + i * c->capacity * d + h * dk;
-        gemm(scores, qh, kh, Transpose::kNo, Transpose::kYes, steps, tk, dk, scale, T(0), d, d, tk, ctx);
+        op::gemm_strided_batched(scores, qh, kh, Transpose::kNo, Transpose::kYes, steps, tk, dk, scale, T(0),
+                                 d, d, tk, 0, 0, 0, 1, ctx);
         op::softmax_forward(probs, scores, mask, steps, tk, ctx);
-        gemm(context + i * steps * d + h * dk, probs, vh, Transpose::kNo, Transpose::kNo, steps, dk, tk, T(1),
-             T(0), tk, d, d, ctx);
+        op::gemm_strided_batched(context + i * steps * d + h * dk, probs, vh, Transpose::kNo, Transpose::kNo,
+                                 steps, dk, tk, T(1), T(0), tk, d, d, 0, 0, 0, 1, ctx);
       }
     }
     op::linear_forward(branch, context, sa.linear_out.weight.value, sa.linear_out.bias.value, rows, d, d,
@@ -194,11 +204,13 @@ void decoder_advance(T* log_probs, DecoderCache<T>* c, const int32_t* tokens, co
     const MultiHeadAttentionParams<T>& ca = lp.src_attn;
     op::linear_forward(q, a, ca.linear_q.weight.value, ca.linear_q.bias.value, rows, d, d, ctx);
     for (int64_t h = 0; h < heads; ++h) {
-      gemm(scores, q + h * dk, c->mem_k[l].data() + h * dk, Transpose::kNo, Transpose::kYes, rows, frames, dk,
-           scale, T(0), d, d, frames, ctx);
+      op::gemm_strided_batched(scores, q + h * dk, static_cast<const T*>(c->mem_k[l] + h * dk),
+                               Transpose::kNo, Transpose::kYes, rows, frames, dk, scale, T(0), d, d, frames,
+                               0, 0, 0, 1, ctx);
       op::softmax_forward(probs, scores, static_cast<const uint8_t*>(nullptr), rows, frames, ctx);
-      gemm(context + h * dk, probs, c->mem_v[l].data() + h * dk, Transpose::kNo, Transpose::kNo, rows, dk,
-           frames, T(1), T(0), frames, d, d, ctx);
+      op::gemm_strided_batched(context + h * dk, probs, static_cast<const T*>(c->mem_v[l] + h * dk),
+                               Transpose::kNo, Transpose::kNo, rows, dk, frames, T(1), T(0), frames, d, d, 0,
+                               0, 0, 1, ctx);
     }
     op::linear_forward(branch, context, ca.linear_out.weight.value, ca.linear_out.bias.value, rows, d, d,
                        ctx);
@@ -349,6 +361,7 @@ SearchModel<T>::SearchModel(const ModelConfig& config, ParameterStore<T>* store,
   const int64_t d = config.encoder.output_size;
   pe_table_.resize(static_cast<size_t>(kPositionalEncodingMaxLen * d));
   sinusoid_position_table(pe_table_.data(), kPositionalEncodingMaxLen, d);
+  table_ = pe_table_.data();
   left_ = bind_decoder(store, "decoder.left_decoder", config.decoder.num_blocks, config, layout,
                        pe_table_.data(), kLeftDecoderLayerIdBase);
   if (config.decoder.r_num_blocks > 0) {
@@ -359,6 +372,20 @@ SearchModel<T>::SearchModel(const ModelConfig& config, ParameterStore<T>* store,
 }
 
 template <class T>
+const T* SearchModel<T>::place_tables(Arena* arena, const RunContext& ctx) {
+  CHECK(arena != nullptr && arena->device() == ctx.device)
+      << "SearchModel::place_tables needs an arena in " << device_name(ctx.device) << " memory";
+  if (ctx.device == Device::cpu) return table_;
+  const int64_t n = static_cast<int64_t>(pe_table_.size());
+  T* table = arena->allocate_array<T>(n);
+  op::copy_host_to_device(table, pe_table_.data(), n * static_cast<int64_t>(sizeof(T)), ctx);
+  table_ = table;
+  left_.pos_enc.table = table;
+  right_.pos_enc.table = table;
+  return table_;
+}
+
+template <class T>
 void SearchModel<T>::ctc_log_probs(T* log_probs, const T* encoder_out, int64_t frames, const RunContext& ctx,
                                    double blank_penalty, int32_t blank_id) const {
   const int64_t d = config_.encoder.output_size, v = config_.vocab_size;
@@ -366,7 +393,12 @@ void SearchModel<T>::ctc_log_probs(T* log_probs, const T* encoder_out, int64_t f
   T* logits = activation_alloc<T>(ctx, frames * v);
   op::linear_forward(logits, encoder_out, ctc_lo_.weight.value, ctc_lo_.bias.value, frames, d, v, ctx);
   if (blank_penalty != 0.0) {
-    for (int64_t t = 0; t < frames; ++t) logits[t * v + blank_id] -= static_cast<T>(blank_penalty);
+    // logits[t, :] += row, row = -blank_penalty at the blank and 0 elsewhere (x + 0 is x exactly).
+    T* row = host_alloc<T>(ctx, v);
+    std::fill(row, row + v, T(0));
+    row[blank_id] = static_cast<T>(-blank_penalty);
+    op::scale_add_table_forward(logits, static_cast<const T*>(logits),
+                                device_mirror(ctx, static_cast<const T*>(row), v), T(1), frames, 1, v, ctx);
   }
   op::log_softmax_forward(log_probs, logits, static_cast<const uint8_t*>(nullptr), frames, v, ctx);
 }
@@ -406,11 +438,12 @@ DecodeResult attention_beam_search(const SearchModel<T>& model, const T* encoder
     if (std::all_of(ended.begin(), ended.end(), [](uint8_t e) { return e != 0; })) break;
     for (int64_t b = 0; b < beam; ++b) tokens[b] = hyps[b].back();
     decoder_advance(logp, &cache, tokens.data(), model.left(), model.dispatcher(), 1, ctx);
+    const T* host_logp = host_mirror(ctx, static_cast<const T*>(logp), beam * vocab);
     // First prune: top-beam tokens per beam; finished beams offer only eos at log-prob 0.
     for (int64_t b = 0; b < beam; ++b) {
-      top_k_indices(&top, logp + b * vocab, vocab, beam);
+      top_k_indices(&top, host_logp + b * vocab, vocab, beam);
       for (int64_t j = 0; j < beam; ++j) {
-        double lp = static_cast<double>(logp[b * vocab + top[j]]);
+        double lp = static_cast<double>(host_logp[b * vocab + top[j]]);
         int32_t tok = top[j];
         if (ended[b]) {
           lp = j == 0 ? 0.0 : kNegInf;
@@ -432,7 +465,7 @@ DecodeResult attention_beam_search(const SearchModel<T>& model, const T* encoder
       ended[b] = cand_token[off] == eos ? 1 : 0;
     }
     hyps.swap(next_hyps);
-    decoder_cache_reorder(&cache, parent, d);
+    decoder_cache_reorder(&cache, parent, d, ctx);
   }
   int64_t best = 0;
   double best_score = kNegInf;
@@ -490,17 +523,19 @@ DecodeResult attention_rescoring(const SearchModel<T>& model, const std::vector<
     rlp = activation_alloc<T>(ctx, n * steps * vocab);
     decoder_log_probs(rlp, r2l.data(), encoder_out, model.right(), model.dispatcher(), n, steps, frames, ctx);
   }
+  const T* host_lp = host_mirror(ctx, static_cast<const T*>(lp), n * steps * vocab);
+  const T* host_rlp = use_r2l ? host_mirror(ctx, static_cast<const T*>(rlp), n * steps * vocab) : nullptr;
   int64_t best_index = 0;
   double best_score = kNegInf;
   for (int64_t i = 0; i < n; ++i) {
     const std::vector<int32_t>& y = ctc_nbest[static_cast<size_t>(i)].tokens;
     const int64_t len = static_cast<int64_t>(y.size());
-    const T* row = lp + i * steps * vocab;
+    const T* row = host_lp + i * steps * vocab;
     double score = 0.0;
     for (int64_t j = 0; j < len; ++j) score += static_cast<double>(row[j * vocab + y[j]]);
     score += static_cast<double>(row[len * vocab + eos]);
     if (use_r2l) {
-      const T* rrow = rlp + i * steps * vocab;
+      const T* rrow = host_rlp + i * steps * vocab;
       double r_score = 0.0;
       for (int64_t j = 0; j < len; ++j) r_score += static_cast<double>(rrow[(len - j - 1) * vocab + y[j]]);
       r_score += static_cast<double>(rrow[len * vocab + eos]);
@@ -573,8 +608,12 @@ std::vector<DecodeResult> decode_utterance(const SearchModel<T>& model, const st
                                            const T* encoder_out, int64_t frames, const SearchOptions& options,
                                            const RunContext& ctx) {
   const int64_t vocab = model.config().vocab_size;
-  T* lp = activation_alloc<T>(ctx, std::max<int64_t>(frames, 1) * vocab);
-  if (frames > 0) model.ctc_log_probs(lp, encoder_out, frames, ctx, options.blank_penalty, options.blank_id);
+  T* device_lp = activation_alloc<T>(ctx, std::max<int64_t>(frames, 1) * vocab);
+  if (frames > 0) {
+    model.ctc_log_probs(device_lp, encoder_out, frames, ctx, options.blank_penalty, options.blank_id);
+  }
+  // The CTC searches run on the host.
+  const T* lp = frames > 0 ? host_mirror(ctx, static_cast<const T*>(device_lp), frames * vocab) : device_lp;
   std::vector<DecodeResult> nbest;
   bool have_nbest = false;
   std::vector<DecodeResult> results;

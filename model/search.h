@@ -90,6 +90,10 @@ class SearchModel {
   const DecoderParams<T>& left() const { return left_; }
   const DecoderParams<T>& right() const { return right_; }
   ExpertDispatcher<T>* dispatcher() const { return dispatcher_; }
+  // The positional table as ctx.device memory (GPU decoding; the model's memory is `arena`, which
+  // outlives it). Returns the table, which the encoder may share (bind_encoder's pe_table).
+  const T* place_tables(Arena* arena, const RunContext& ctx);
+  const T* positional_table() const { return table_; }
 
   // log_softmax(ctc_lo(encoder_out)), with blank_penalty subtracted from the blank's logit first when
   // it is not 0 (WeNet's ctc_logprobs(encoder_out, blank_penalty, blank_id)).
@@ -101,7 +105,8 @@ class SearchModel {
  private:
   ModelConfig config_;
   ExpertDispatcher<T>* dispatcher_;
-  std::vector<T> pe_table_;  // [max_len, d]
+  std::vector<T> pe_table_;  // [max_len, d] host
+  const T* table_ = nullptr;  // the one the layers read: pe_table_, or its device copy
   DecoderParams<T> left_, right_;
   LinearRef<T> ctc_lo_;
 };

@@ -13,6 +13,9 @@ namespace {
 template <class T>
 Status all_reduce_buckets(ParameterStore<T>* store, ParamRegion region, Communicator* comm,
                           int64_t bucket_bytes, const char* name) {
+  // A one-member group has nothing to sum; a device-resident store must not hand an MPI communicator
+  // device memory (a CPU store keeps the call, so collective sequence numbers stay as they were).
+  if (store->device() != Device::cpu && comm->size() == 1) return Status();
   T* grads = store->region_grads(region);  // the working copy: host, or device memory after place_on
   const int64_t n = static_cast<int64_t>(store->grads[static_cast<int>(region)].size());
   const int64_t per_bucket = std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(sizeof(T)));
