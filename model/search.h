@@ -105,7 +105,7 @@ class SearchModel {
  private:
   ModelConfig config_;
   ExpertDispatcher<T>* dispatcher_;
-  std::vector<T> pe_table_;  // [max_len, d] host
+  std::vector<T> pe_table_;   // [max_len, d] host
   const T* table_ = nullptr;  // the one the layers read: pe_table_, or its device copy
   DecoderParams<T> left_, right_;
   LinearRef<T> ctc_lo_;
