@@ -61,7 +61,7 @@ int fail(const Status& status, int world) {
 
 int run_train(int argc, char** argv) {
   std::string config_path, train_data, cv_data, model_dir, checkpoint, resume = "none", tensorboard_dir;
-  std::string symbol_table, cmvn, device = "cpu";
+  std::string symbol_table, cmvn, device = "cpu", precision = "fp32";
   std::vector<std::string> overrides;
   int num_threads = 0;
   int64_t seed = -1, max_steps = 0;
@@ -86,8 +86,11 @@ int run_train(int argc, char** argv) {
       "CPU threads per rank (OpenMP; 0: train_conf.num_threads)")(
       "device", po::value(&device)->default_value("cpu"),
       "cpu, or cuda: parameters, gradients, Adam moments and activations on this rank's GPU (fp32; one "
-      "rank until NCCL communicators are wired)")("seed", po::value(&seed)->default_value(-1),
-                                                  "overrides train_conf.seed (data order, dropout, chunks)")(
+      "rank until NCCL communicators are wired)")(
+      "precision", po::value(&precision)->default_value("fp32"),
+      "fp32, or bf16 (with --device cuda): matrix products on bf16 copies of the fp32 operands (tensor "
+      "cores, fp32 accumulation); master weights, Adam and every other op stay fp32")(
+      "seed", po::value(&seed)->default_value(-1), "overrides train_conf.seed (data order, dropout, chunks)")(
       "max_steps", po::value(&max_steps)->default_value(0),
       "stop after this many optimizer steps in total (0: max_epoch decides)")(
       "max_minutes", po::value(&max_minutes)->default_value(0),
@@ -119,6 +122,10 @@ int run_train(int argc, char** argv) {
   }
   if (device != "cpu" && device != "cuda") {
     std::fprintf(stderr, "moe-asr train: --device must be cpu or cuda (got '%s')\n", device.c_str());
+    return kTrainExitUsage;
+  }
+  if (precision != "fp32" && precision != "bf16") {
+    std::fprintf(stderr, "moe-asr train: --precision must be fp32 or bf16 (got '%s')\n", precision.c_str());
     return kTrainExitUsage;
   }
   if (resume != "auto" && resume != "none") {
@@ -192,6 +199,7 @@ int run_train(int argc, char** argv) {
   options.checkpoint = checkpoint;
   options.resume = resume == "auto";
   options.device = device;
+  options.bf16_matmul = precision == "bf16";
   options.num_threads =
       num_threads > 0 ? num_threads
                       : static_cast<int>(std::max<int64_t>(1, config.value().train_conf().num_threads()));

@@ -21,7 +21,11 @@ struct RunContext {
   // Null means `activations`, which is then host memory (the CPU backend); a GPU run sets it.
   Arena* host_metadata = nullptr;
   uint64_t seed = 0;  // the run's seed; RngKey.seed of every draw
-  int rank = 0;       // this process in the world communicator
+  // CUDA backend: the matrix products (linear, grouped expert linear, attention GEMMs) take bf16
+  // copies of their fp32 operands (tensor cores), accumulate in fp32 and write fp32; every other op
+  // stays fp32. Off: exact fp32 GEMMs (no TF32). Ignored on the CPU.
+  bool bf16_matmul = false;
+  int rank = 0;  // this process in the world communicator
   int world = 1;
   // CUDA backend handles (cudaStream_t, cublasLtHandle_t, cudnnHandle_t); opaque here so that core
   // and the CPU kernels need no CUDA headers.

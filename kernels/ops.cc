@@ -62,6 +62,33 @@ T* host_scratch(const RunContext& ctx, int64_t n) {
   return ctx.activations->allocate_array<T>(n);
 }
 
+#if MOEASR_WITH_CUDA
+// ctx.bf16_matmul: bf16 copies of fp32 operands in the activation arena (round to nearest even).
+const __nv_bfloat16* bf16_copy(const float* x, int64_t n, const RunContext& ctx) {
+  if (n <= 0) return nullptr;
+  auto* out =
+      static_cast<__nv_bfloat16*>(device_scratch(ctx, static_cast<size_t>(n) * sizeof(__nv_bfloat16)));
+  cast_f32_to_bf16_cuda(out, x, n, ctx);
+  return out;
+}
+
+__nv_bfloat16* bf16_buffer(int64_t n, const RunContext& ctx) {
+  return n <= 0 ? nullptr
+                : static_cast<__nv_bfloat16*>(
+                      device_scratch(ctx, static_cast<size_t>(n) * sizeof(__nv_bfloat16)));
+}
+
+void to_f32(float* out, const __nv_bfloat16* x, int64_t n, const RunContext& ctx) {
+  if (n > 0 && out != nullptr) cast_bf16_to_f32_cuda(out, x, n, ctx);
+}
+
+// Elements spanned by a strided-batched GEMM operand of `rows` x `cols` (as stored, row stride ld).
+int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, int64_t batch) {
+  if (rows <= 0 || cols <= 0 || batch <= 0) return 0;
+  return (batch - 1) * stride + (rows - 1) * ld + cols;
+}
+#endif
+
 }  // namespace
 
 #if MOEASR_WITH_CUDA
@@ -285,7 +312,14 @@ void linear_forward(T* y, const T* x, const T* weight, const T* bias, int64_t n,
   if (ctx.device == Device::cpu)
     return moeasr::linear_forward(y, x, weight, bias, n, in_features, out_features, ctx);
   MOEASR_OP_ON_CUDA(T, "linear_forward", {
-    linear_forward_cuda(y, nullptr, 0, x, weight, bias, n, in_features, out_features, ctx);
+    if (ctx.bf16_matmul) {  // y [N, O] = x [N, I] . W^T [I, O] (+ b), bf16 operands, fp32 out
+      gemm_ex_cuda<__nv_bfloat16, float>(y, nullptr, 0, bf16_copy(x, n * in_features, ctx),
+                                         bf16_copy(weight, out_features * in_features, ctx), bias,
+                                         Transpose::kNo, Transpose::kYes, n, out_features, in_features, 1.0f,
+                                         0.0f, in_features, in_features, out_features, 0, 0, 0, 1, ctx);
+    } else {
+      linear_forward_cuda(y, nullptr, 0, x, weight, bias, n, in_features, out_features, ctx);
+    }
   });
 }
 
@@ -295,7 +329,27 @@ void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const
   if (ctx.device == Device::cpu)
     return moeasr::linear_backward(dx, dweight, dbias, dy, x, weight, n, in_features, out_features, ctx);
   MOEASR_OP_ON_CUDA(T, "linear_backward", {
-    linear_backward_cuda(dx, dweight, dbias, nullptr, 0, dy, x, weight, n, in_features, out_features, ctx);
+    if (ctx.bf16_matmul) {
+      const __nv_bfloat16* dy16 = bf16_copy(dy, n * out_features, ctx);
+      if (dx != nullptr) {  // dx [N, I] = dy [N, O] . W [O, I]
+        gemm_ex_cuda<__nv_bfloat16, float>(
+            dx, nullptr, 0, dy16, bf16_copy(weight, out_features * in_features, ctx),
+            static_cast<const float*>(nullptr), Transpose::kNo, Transpose::kNo, n, in_features, out_features,
+            1.0f, 0.0f, out_features, in_features, in_features, 0, 0, 0, 1, ctx);
+      }
+      if (dweight != nullptr) {  // dW [O, I] += dy^T [O, N] . x [N, I]
+        gemm_ex_cuda<__nv_bfloat16, float>(dweight, nullptr, 0, dy16, bf16_copy(x, n * in_features, ctx),
+                                           static_cast<const float*>(nullptr), Transpose::kYes,
+                                           Transpose::kNo, out_features, in_features, n, 1.0f, 1.0f,
+                                           out_features, in_features, in_features, 0, 0, 0, 1, ctx);
+      }
+      if (dbias != nullptr) {  // column sums of the fp32 dy (the fp32 op with only dbias asked for)
+        linear_backward_cuda(static_cast<float*>(nullptr), static_cast<float*>(nullptr), dbias, nullptr, 0,
+                             dy, x, weight, n, in_features, out_features, ctx);
+      }
+    } else {
+      linear_backward_cuda(dx, dweight, dbias, nullptr, 0, dy, x, weight, n, in_features, out_features, ctx);
+    }
   });
 }
 
@@ -307,8 +361,17 @@ void grouped_linear_forward(T* y, const T* x, const T* weight, const T* bias, co
     return moeasr::grouped_linear_forward(y, x, weight, bias, expert_offsets, m_max, n_experts, in_features,
                                           out_features, ctx);
   MOEASR_OP_ON_CUDA(T, "grouped_linear_forward", {
-    grouped_gemm_forward_cuda(y, x, weight, bias, expert_offsets, m_max, n_experts, in_features, out_features,
-                              ctx);
+    if (ctx.bf16_matmul) {  // the bf16 grouped GEMM (tensor cores) writes bf16; widened back to fp32
+      __nv_bfloat16* y16 = bf16_buffer(m_max * out_features, ctx);
+      grouped_gemm_forward_cuda(y16, bf16_copy(x, m_max * in_features, ctx),
+                                bf16_copy(weight, n_experts * out_features * in_features, ctx),
+                                bias != nullptr ? bf16_copy(bias, n_experts * out_features, ctx) : nullptr,
+                                expert_offsets, m_max, n_experts, in_features, out_features, ctx);
+      to_f32(y, y16, m_max * out_features, ctx);
+    } else {
+      grouped_gemm_forward_cuda(y, x, weight, bias, expert_offsets, m_max, n_experts, in_features,
+                                out_features, ctx);
+    }
   });
 }
 
@@ -320,8 +383,17 @@ void grouped_linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* 
     return moeasr::grouped_linear_backward(dx, dweight, dbias, dy, x, weight, expert_offsets, m_max,
                                            n_experts, in_features, out_features, ctx);
   MOEASR_OP_ON_CUDA(T, "grouped_linear_backward", {
-    grouped_gemm_backward_cuda(dx, dweight, dbias, dy, x, weight, expert_offsets, m_max, n_experts,
-                               in_features, out_features, ctx);
+    if (ctx.bf16_matmul) {  // bf16 operands; dW, db accumulate in fp32; dx widened back to fp32
+      __nv_bfloat16* dx16 = dx != nullptr ? bf16_buffer(m_max * in_features, ctx) : nullptr;
+      grouped_gemm_backward_cuda(dx16, dweight, dbias, bf16_copy(dy, m_max * out_features, ctx),
+                                 bf16_copy(x, m_max * in_features, ctx),
+                                 bf16_copy(weight, n_experts * out_features * in_features, ctx),
+                                 expert_offsets, m_max, n_experts, in_features, out_features, ctx);
+      to_f32(dx, dx16, m_max * in_features, ctx);
+    } else {
+      grouped_gemm_backward_cuda(dx, dweight, dbias, dy, x, weight, expert_offsets, m_max, n_experts,
+                                 in_features, out_features, ctx);
+    }
   });
 }
 
@@ -334,8 +406,18 @@ void gemm_strided_batched(T* c, const T* a, const T* b, Transpose trans_a, Trans
     return moeasr::gemm_strided_batched(c, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc,
                                         stride_a, stride_b, stride_c, batch, ctx);
   MOEASR_OP_ON_CUDA(T, "gemm_strided_batched", {
-    gemm_strided_batched_cuda(c, nullptr, 0, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc,
-                              stride_a, stride_b, stride_c, batch, ctx);
+    if (ctx.bf16_matmul) {  // bf16 copies of the spans A and B cover (same layout), fp32 C and beta
+      const int64_t a_rows = trans_a == Transpose::kNo ? m : k, a_cols = trans_a == Transpose::kNo ? k : m;
+      const int64_t b_rows = trans_b == Transpose::kNo ? k : n, b_cols = trans_b == Transpose::kNo ? n : k;
+      gemm_ex_cuda<__nv_bfloat16, float>(
+          c, nullptr, 0, bf16_copy(a, operand_extent(a_rows, a_cols, lda, stride_a, batch), ctx),
+          bf16_copy(b, operand_extent(b_rows, b_cols, ldb, stride_b, batch), ctx),
+          static_cast<const float*>(nullptr), trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc, stride_a,
+          stride_b, stride_c, batch, ctx);
+    } else {
+      gemm_strided_batched_cuda(c, nullptr, 0, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc,
+                                stride_a, stride_b, stride_c, batch, ctx);
+    }
   });
 }
 
@@ -344,8 +426,16 @@ void batched_matmul_forward(T* out, const T* a, const T* b, Transpose trans_b, i
                             int64_t n, int64_t k, const RunContext& ctx) {
   if (ctx.device == Device::cpu)
     return moeasr::batched_matmul_forward(out, a, b, trans_b, groups, m, n, k, ctx);
-  MOEASR_OP_ON_CUDA(T, "batched_matmul_forward",
-                    { batched_matmul_forward_cuda(out, nullptr, 0, a, b, trans_b, groups, m, n, k, ctx); });
+  MOEASR_OP_ON_CUDA(T, "batched_matmul_forward", {
+    if (ctx.bf16_matmul) {
+      __nv_bfloat16* out16 = bf16_buffer(groups * m * n, ctx);
+      batched_matmul_forward_cuda(out16, nullptr, 0, bf16_copy(a, groups * m * k, ctx),
+                                  bf16_copy(b, groups * k * n, ctx), trans_b, groups, m, n, k, ctx);
+      to_f32(out, out16, groups * m * n, ctx);
+    } else {
+      batched_matmul_forward_cuda(out, nullptr, 0, a, b, trans_b, groups, m, n, k, ctx);
+    }
+  });
 }
 
 template <class T>
@@ -354,7 +444,17 @@ void batched_matmul_backward(T* da, T* db, const T* dout, const T* a, const T* b
   if (ctx.device == Device::cpu)
     return moeasr::batched_matmul_backward(da, db, dout, a, b, trans_b, groups, m, n, k, ctx);
   MOEASR_OP_ON_CUDA(T, "batched_matmul_backward", {
-    batched_matmul_backward_cuda(da, db, nullptr, 0, dout, a, b, trans_b, groups, m, n, k, ctx);
+    if (ctx.bf16_matmul) {
+      __nv_bfloat16* da16 = da != nullptr ? bf16_buffer(groups * m * k, ctx) : nullptr;
+      __nv_bfloat16* db16 = db != nullptr ? bf16_buffer(groups * k * n, ctx) : nullptr;
+      batched_matmul_backward_cuda(da16, db16, nullptr, 0, bf16_copy(dout, groups * m * n, ctx),
+                                   bf16_copy(a, groups * m * k, ctx), bf16_copy(b, groups * k * n, ctx),
+                                   trans_b, groups, m, n, k, ctx);
+      to_f32(da, da16, groups * m * k, ctx);
+      to_f32(db, db16, groups * k * n, ctx);
+    } else {
+      batched_matmul_backward_cuda(da, db, nullptr, 0, dout, a, b, trans_b, groups, m, n, k, ctx);
+    }
   });
 }
 

@@ -4,9 +4,11 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <thread>
 
 #include "core/check.h"
 #include "core/logging.h"
@@ -48,7 +50,15 @@ void mpi_abort_handler(int exit_code) {
   MPI_Finalized(&finalized);
   std::fflush(stdout);
   std::fflush(stderr);
-  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, exit_code);
+  if (initialized && !finalized) {
+    // MPI_Abort kills every rank at once. A collective check fails on every member together (each
+    // compares the same fingerprints), so wait a moment: the other members print their own report
+    // before the job is torn down (without this, the first rank to abort often silenced the rest).
+    int world = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    if (world > 1) std::this_thread::sleep_for(std::chrono::milliseconds(kAbortGraceMilliseconds));
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+  }
   std::_Exit(exit_code);
 }
 

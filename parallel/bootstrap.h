@@ -44,8 +44,12 @@ StatusOr<ProcessInfo> bootstrap_mpi(int* argc, char*** argv);
 // "rank map (world 2): rank 0 host a local 0/2 [OMPI_COMM_WORLD_LOCAL_RANK]; rank 1 host a local 1/2 [...]"
 std::string format_rank_map(const std::vector<ProcessInfo>& ranks);
 
+// How long a failing rank of a multi-rank job waits before MPI_Abort, so that the other ranks that
+// meet the same failure (a collective check fails on every member) print their own report.
+constexpr int kAbortGraceMilliseconds = 2000;
+
 // The abort handler bootstrap_mpi installs (core/check.h set_abort_handler): MPI_Abort on the world
-// when MPI is up, else _Exit. Never returns.
+// when MPI is up (after kAbortGraceMilliseconds when there are other ranks), else _Exit. Never returns.
 [[noreturn]] void mpi_abort_handler(int exit_code);
 
 // MPI_Finalize when initialised and not yet finalised.

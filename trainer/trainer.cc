@@ -710,7 +710,11 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
         " ranks: the trainer does not create NCCL communicators for the gradient sync and the expert "
         "exchange yet; train on one GPU (one rank), or on CPU ranks with --device cpu");
   }
+  if (o.bf16_matmul && o.device != "cuda") {
+    return invalid_argument_error("--precision bf16 needs --device cuda (the CPU backend computes in fp32)");
+  }
   m.ctx.device = Device::cpu;
+  m.ctx.bf16_matmul = o.bf16_matmul;
   m.ctx.num_threads = std::max(1, o.num_threads);
   m.ctx.rank = groups->layout.world_rank;
   m.ctx.world = groups->layout.world_size;

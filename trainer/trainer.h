@@ -118,6 +118,9 @@ struct TrainerOptions {
   // "cpu", or "cuda": the model, its gradients and Adam moments in GPU memory (the rank's local index
   // picks the device). One rank only until the trainer creates NCCL communicators.
   std::string device = "cpu";
+  // --precision bf16 (GPU only): the matrix products take bf16 copies of their fp32 operands (tensor
+  // cores, fp32 accumulation); everything else, the master weights and Adam stay fp32.
+  bool bf16_matmul = false;
   int64_t max_steps = 0;          // stop after this many updates (0: max_epoch decides)
   double max_minutes = 0;         // stop after this many minutes of run(): cv, checkpoint, final.h5
   std::string symbol_table;       // overrides tokenizer_conf.symbol_table_path when set

@@ -6,9 +6,10 @@
 // (ctc_weight 0.3, reverse_weight 0.5: both decoders). RTF = seconds / 10 s, the median of --runs warm
 // runs. Prints the MoE-1B / Dense-225M RTF ratio (target <= 1.2; WeNet on the H200: 1.75 full context,
 // 1.91 chunk 16) and ours against WeNet's RTF (anchors.md: 0.0448 / 0.0435 Dense-225M, 0.0784 / 0.0833
-// MoE-1B). fp32 activations. Asserts nothing; exits 0 with a message when no GPU is usable.
+// MoE-1B). --precision bf16 (default, as WeNet's bf16 autocast): the matrix products on bf16 copies of
+// the fp32 operands. Asserts nothing; exits 0 with a message when no GPU is usable.
 //
-//   build-gpu/bench/bench_gpu_rtf_gpu [--runs 5]
+//   build-gpu/bench/bench_gpu_rtf_gpu [--runs 5] [--precision bf16|fp32]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -42,7 +43,7 @@ double median(std::vector<double> v) {
 }
 
 // RTF (full context, chunk 16) of one model, or negative on a config error (printed).
-bool run(const std::string& name, int runs, CudaContext* cuda, double rtf[2]) {
+bool run(const std::string& name, int runs, bool bf16_matmul, CudaContext* cuda, double rtf[2]) {
   auto loaded = load_train_config("configs/" + name + ".yaml", {});
   if (!loaded.ok()) {
     std::printf("%s: %s\n", name.c_str(), loaded.status().to_string().c_str());
@@ -65,6 +66,7 @@ bool run(const std::string& name, int runs, CudaContext* cuda, double rtf[2]) {
   Arena host("host metadata", 1 << 20, Arena::Growth::kGrowable);
   RunContext ctx;
   ctx.num_threads = 1;
+  ctx.bf16_matmul = bf16_matmul;
   cuda->fill(&ctx);
   ctx.activations = &activations;
   ctx.host_metadata = &host;
@@ -112,11 +114,15 @@ bool run(const std::string& name, int runs, CudaContext* cuda, double rtf[2]) {
 
 int main_impl(int argc, char** argv) {
   int runs = 5;
+  std::string precision = "bf16";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--runs") == 0) {
       runs = std::max(1, std::atoi(argv[i + 1]));
+    } else if (std::strcmp(argv[i], "--precision") == 0 &&
+               (std::strcmp(argv[i + 1], "bf16") == 0 || std::strcmp(argv[i + 1], "fp32") == 0)) {
+      precision = argv[i + 1];
     } else {
-      std::fprintf(stderr, "usage: %s [--runs N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--runs N] [--precision bf16|fp32]\n", argv[0]);
       return 2;
     }
   }
@@ -136,7 +142,7 @@ int main_impl(int argc, char** argv) {
   double rtf[2][2] = {{0, 0}, {0, 0}};
   bool ok[2] = {false, false};
   for (int m = 0; m < 2; ++m) {
-    ok[m] = run(kPeers[m].name, runs, &cuda, rtf[m]);
+    ok[m] = run(kPeers[m].name, runs, precision == "bf16", &cuda, rtf[m]);
     if (!ok[m]) continue;
     std::printf("%-11s %10.4f %10.4f %13.2fx %13.2fx\n", kPeers[m].name, rtf[m][0], rtf[m][1],
                 rtf[m][0] / kPeers[m].wenet_rtf_full, rtf[m][1] / kPeers[m].wenet_rtf_chunk16);
