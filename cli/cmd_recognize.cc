@@ -78,6 +78,7 @@ int run(const RecognizeOptions& options, int* argc, char*** argv) {
 
 int run_recognize(int argc, char** argv) {
   RecognizeOptions o;
+  std::string precision = "fp32";
   po::options_description desc(
       "moe-asr recognize: decode a test set in WeNet's modes, write <result_dir>/<mode>/text, print RTF");
   desc.add_options()("help,h", "show this help")(
@@ -108,7 +109,12 @@ int run_recognize(int argc, char** argv) {
       "batch_size", po::value(&o.batch_size)->default_value(1),
       "utterances per encoder forward when not streaming (WeNet's default is 16)")(
       "result_dir", po::value(&o.result_dir), "output directory: <result_dir>/<mode>/text")(
-      "num_threads", po::value(&o.num_threads)->default_value(1), "CPU threads per process");
+      "num_threads", po::value(&o.num_threads)->default_value(1), "CPU threads per process")(
+      "device", po::value(&o.device)->default_value("cpu"),
+      "cpu, or cuda: the model on this rank's GPU (the CTC prefix beam search stays on the host; "
+      "--simulate_streaming is CPU-only)")(
+      "precision", po::value(&precision)->default_value("fp32"),
+      "fp32, or bf16 (with --device cuda): matrix products on bf16 copies of the fp32 operands");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -122,6 +128,11 @@ int run_recognize(int argc, char** argv) {
     std::cout << desc << "\n";
     return 0;
   }
+  if (precision != "fp32" && precision != "bf16") {
+    LOG(ERROR) << "recognize: --precision must be fp32 or bf16 (got '" << precision << "')";
+    return 1;
+  }
+  o.bf16_matmul = precision == "bf16";
   if (Status s = validate_recognize_options(o); !s.ok()) {
     LOG(ERROR) << "recognize: " << s.message();
     return 1;

@@ -23,9 +23,15 @@
 #include "data_pipeline/shard.h"
 #include "data_pipeline/tokenizer.h"
 #include "model/front_end.h"
+#include "parallel/bootstrap.h"
 #include "parallel/single_process_communicator.h"
 #include "trainer/model_weights.h"
 #include "trainer/wenet_yaml.h"
+
+#if MOEASR_WITH_CUDA
+#include "kernels/cuda/cuda_context.h"
+#include "kernels/cuda/device.h"
+#endif
 
 namespace moeasr {
 namespace {
@@ -241,15 +247,22 @@ class InputReader {
 
 // ---- Per-utterance decoding ------------------------------------------------------------------------------
 
+// The step arenas of one batch or utterance (the host metadata arena exists on GPU runs).
+void reset_arenas(const RunContext& ctx) {
+  ctx.activations->reset();
+  if (ctx.host_metadata != nullptr) ctx.host_metadata->reset();
+}
+
 std::vector<DecodeResult> run_searches(const RecognitionModel& model, const std::vector<DecodeMode>& modes,
                                        const std::vector<float>& enc, const SearchOptions& search,
                                        const RunContext& ctx) {
   const int64_t d = model.config.encoder.output_size;
   const int64_t frames = static_cast<int64_t>(enc.size()) / d;
   if (frames == 0) return std::vector<DecodeResult>(modes.size());  // nothing heard: empty hypotheses
-  ctx.activations->reset();
-  std::vector<DecodeResult> r = decode_utterance(*model.search, modes, enc.data(), frames, search, ctx);
-  ctx.activations->reset();
+  reset_arenas(ctx);
+  const float* encoder_out = device_mirror(ctx, enc.data(), frames * d);  // the same array on the CPU
+  std::vector<DecodeResult> r = decode_utterance(*model.search, modes, encoder_out, frames, search, ctx);
+  reset_arenas(ctx);
   return r;
 }
 
@@ -550,11 +563,12 @@ Status encode_batch(std::vector<std::vector<float>>* out, RecognitionModel* mode
     }
     idx.push_back(b);
   }
-  if (idx.size() <= 1) {
+  if (idx.size() <= 1 && ctx.device == Device::cpu) {  // the GPU takes the batched forward below
     for (size_t b : idx)
       RETURN_IF_ERROR(model->encoder->encode(&(*out)[b], feats[b], frames[b], options, ctx));
     return Status();
   }
+  if (idx.empty()) return Status();
   CHECK(ctx.activations != nullptr) << "encode_batch needs ctx.activations";
   const int64_t f = model->config.input_dim, d = model->config.encoder.output_size;
   const int64_t n = static_cast<int64_t>(idx.size());
@@ -567,17 +581,18 @@ Status encode_batch(std::vector<std::vector<float>>* out, RecognitionModel* mode
     std::copy(feats[b], feats[b] + frames[b] * f, padded.begin() + i * t_max * f);
     lengths[static_cast<size_t>(i)] = static_cast<int32_t>(frames[b]);
   }
-  ctx.activations->reset();
+  reset_arenas(ctx);
   EncoderSaved<float> saved;
-  encoder_forward(&saved, padded.data(), lengths.data(), model->encoder_params, &model->dispatcher,
-                  options.decoding_chunk_size, options.num_decoding_left_chunks, false, n, t_max, StepRng{},
-                  ctx);
+  encoder_forward(&saved, device_mirror(ctx, static_cast<const float*>(padded.data()), n * t_max * f),
+                  lengths.data(), model->encoder_params, &model->dispatcher, options.decoding_chunk_size,
+                  options.num_decoding_left_chunks, false, n, t_max, StepRng{}, ctx);
+  const float* encoder_out = host_mirror(ctx, static_cast<const float*>(saved.out), n * saved.length * d);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t l = saved.lengths_host[i];
-    const float* src = saved.out + i * saved.length * d;
+    const float* src = encoder_out + i * saved.length * d;
     (*out)[idx[static_cast<size_t>(i)]].assign(src, src + l * d);
   }
-  ctx.activations->reset();
+  reset_arenas(ctx);
   return Status();
 }
 
@@ -608,6 +623,17 @@ Status validate_recognize_options(const RecognizeOptions& o) {
   RETURN_IF_ERROR(validate_search_options(o.search));
   if (o.batch_size < 1) {
     return invalid_argument_error("--batch_size must be >= 1, got " + std::to_string(o.batch_size));
+  }
+  if (o.device != "cpu" && o.device != "cuda") {
+    return invalid_argument_error("--device must be cpu or cuda (got '" + o.device + "')");
+  }
+  if (o.device == "cuda" && o.encode.simulate_streaming && o.encode.decoding_chunk_size > 0) {
+    return invalid_argument_error(
+        "--simulate_streaming runs on the CPU only (chunk-by-chunk caches): drop --device cuda, or decode "
+        "with the chunk mask (--decoding_chunk_size without --simulate_streaming)");
+  }
+  if (o.bf16_matmul && o.device != "cuda") {
+    return invalid_argument_error("--precision bf16 needs --device cuda (the CPU backend computes in fp32)");
   }
   if (o.num_threads < 1) {
     return invalid_argument_error("--num_threads must be >= 1, got " + std::to_string(o.num_threads));
@@ -675,6 +701,64 @@ std::vector<double> streaming_finish_times(const std::vector<double>& arrival,
 double fbank_frame_end_seconds(const FbankConfig& fbank, int64_t frame) {
   return static_cast<double>(frame * fbank.window_shift() + fbank.window_size()) / fbank.sample_rate;
 }
+
+// ---- The GPU ------------------------------------------------------------------------------------------
+
+// --device cuda: a CUDA context on the rank's local device, the weights in one device block (the
+// search model and the encoder rebound to them, the positional table beside them), the activations
+// in another, the host metadata in a host arena; ctx filled accordingly.
+#if MOEASR_WITH_CUDA
+struct RecognitionGpu {
+  std::unique_ptr<CudaContext> cuda;
+  std::unique_ptr<DeviceMemoryBlock> params_block, activations_block;
+  std::unique_ptr<Arena> params, activations, host;
+};
+
+Status place_recognition_model_on_gpu(RecognitionGpu* gpu, RecognitionModel* model, RunContext* ctx) {
+  std::string why;
+  const int devices = cuda_usable_device_count(&why);
+  if (devices == 0) return failed_precondition_error("--device cuda: no usable CUDA device (" + why + ")");
+  std::string source;
+  StatusOr<int> local = local_rank_from_env(process_env(), &source);
+  const int device = (local.ok() ? local.value() : 0) % devices;
+  gpu->cuda = std::make_unique<CudaContext>(device);
+  gpu->cuda->fill(ctx);
+  int64_t elems = 0;
+  for (int r = 0; r < kNumParamRegions; ++r) {
+    elems += static_cast<int64_t>(model->store->values[r].size() + model->store->grads[r].size());
+  }
+  const int64_t table_bytes =
+      kPositionalEncodingMaxLen * model->config.encoder.output_size * static_cast<int64_t>(sizeof(float));
+  const int64_t param_bytes = elems * static_cast<int64_t>(sizeof(float)) + table_bytes + (int64_t{16} << 20);
+  gpu->params_block = std::make_unique<DeviceMemoryBlock>("the model's weights", param_bytes);
+  gpu->params =
+      std::make_unique<Arena>("device weights", gpu->params_block->data(), param_bytes, Device::cuda);
+  model->store->place_on(gpu->params.get(), *ctx);
+  // Rebind after placing: the search model and the batched encoder read the device copies.
+  model->search = std::make_unique<SearchModel<float>>(model->config, model->store.get(), &model->dispatcher);
+  const float* table = model->search->place_tables(gpu->params.get(), *ctx);
+  model->encoder_params = bind_encoder(model->store.get(), model->config, ExpertLayout{}, table);
+  const int64_t activation_bytes =
+      std::min<int64_t>(cuda_free_bytes() - (int64_t{2} << 30), int64_t{16} << 30);
+  if (activation_bytes <= 0)
+    return failed_precondition_error("--device cuda: no device memory left for activations");
+  gpu->activations_block = std::make_unique<DeviceMemoryBlock>("activations", activation_bytes);
+  gpu->activations = std::make_unique<Arena>("device activations", gpu->activations_block->data(),
+                                             activation_bytes, Device::cuda);
+  gpu->host = std::make_unique<Arena>("host metadata", int64_t{1} << 20, Arena::Growth::kGrowable);
+  ctx->activations = gpu->activations.get();
+  ctx->host_metadata = gpu->host.get();
+  LOG(INFO) << "recognize: CUDA device " << device << " of " << devices;
+  return Status();
+}
+#else
+struct RecognitionGpu {};
+
+Status place_recognition_model_on_gpu(RecognitionGpu*, RecognitionModel*, RunContext*) {
+  return invalid_argument_error(
+      "--device cuda: this build has no CUDA backend (rebuild with nvcc on PATH, or -DMOEASR_CUDA=ON)");
+}
+#endif
 
 // ---- The run -----------------------------------------------------------------------------------------
 
@@ -757,6 +841,10 @@ StatusOr<RecognizeSummary> recognize(const RecognizeOptions& options, Communicat
   ctx.activations = &arena;
   ctx.rank = rank;
   ctx.world = world;
+  ctx.bf16_matmul = options.bf16_matmul;
+  RecognitionGpu gpu;
+  if (options.device == "cuda")
+    RETURN_IF_ERROR(agree(comm, place_recognition_model_on_gpu(&gpu, model.get(), &ctx)));
   const std::vector<int64_t> mine = utterances_of_rank(summary.num_utts, rank, world);
   std::vector<std::vector<std::string>> lines(modes.size());
   std::vector<int64_t> empty(modes.size(), 0);

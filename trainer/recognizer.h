@@ -119,6 +119,10 @@ struct RecognizeOptions {          // WeNet recognize.py flag names
   int64_t batch_size = 1;          // --batch_size (WeNet's default is 16)
   std::string result_dir;          // --result_dir
   int num_threads = 1;             // --num_threads (OpenMP threads per process)
+  // --device: cpu, or cuda (the rank's local GPU: weights, encoder, CTC head and decoders on the
+  // device, the CTC prefix beam search on the host; --simulate_streaming stays on the CPU).
+  std::string device = "cpu";
+  bool bf16_matmul = false;  // --precision bf16 (with --device cuda)
 };
 
 // Flags alone (no files): required flags present, known modes, --decoding_chunk_size != 0, search

@@ -528,6 +528,26 @@ TEST_F(Recognizer, BadInput) {
   EXPECT_ERROR_HAS(options(d + "/missing_shard.jsonl", "bad"), "gone.h5");
   write_file(d + "/bad_wav.list", "{\"key\": \"x\", \"wav\": \"" + d + "/units.txt\", \"txt\": \"a\"}\n");
   EXPECT_ERROR_HAS(options(d + "/bad_wav.list", "bad"), "utterance 'x'");
+  // --device / --precision: unknown values and CPU-only combinations are refused naming the flags;
+  // cuda is refused with the reason where this machine cannot decode on a GPU.
+  RecognizeOptions dev = options(d + "/manifest.jsonl", "bad");
+  dev.device = "tpu";
+  EXPECT_ERROR_HAS(dev, "--device must be cpu or cuda (got 'tpu')");
+  dev.device = "cpu";
+  dev.bf16_matmul = true;
+  EXPECT_ERROR_HAS(dev, "--precision bf16 needs --device cuda");
+  dev = options(d + "/manifest.jsonl", "bad");
+  dev.device = "cuda";
+  dev.encode.decoding_chunk_size = 4;
+  dev.encode.simulate_streaming = true;
+  EXPECT_ERROR_HAS(dev, "--simulate_streaming runs on the CPU only");
+  dev.encode.simulate_streaming = false;
+  const std::string cuda_error = error_of(dev);
+  if (!cuda_error.empty()) {
+    EXPECT_TRUE(cuda_error.find("--device cuda: this build has no CUDA backend") != std::string::npos ||
+                cuda_error.find("--device cuda: no usable CUDA device") != std::string::npos)
+        << cuda_error;
+  }
   // A checkpoint from another model shape: the message names the tensor and both shapes.
   const std::string other_yaml = replace(kModelYaml, "output_size: 16", "output_size: 24");
   ASSERT_TRUE(save_random_model(d + "/other.h5", other_yaml, 3).ok());
