@@ -3,18 +3,23 @@
 // routed on ctx.device to the CPU op or to its CUDA twin (kernels/cuda/<op>_cuda.h). model/ calls
 // these, so the same layer code runs on both backends (DESIGN.md §2: explicit context, no globals).
 //
-// On ctx.device == cuda every pointer is device memory, T must be float (the bf16 activation path is
+// On ctx.device == cuda every pointer is device memory, T must be float (bf16 activation storage is
 // not wired yet: it needs bf16 copies of the parameters) and the build must have the CUDA backend;
-// otherwise the op CHECK-fails naming itself. Ops whose CUDA twin needs scratch (LayerNorm/BatchNorm
-// backward, BatchNorm, the subsampling convolution, the permute plan, the label-smoothing loss) take it
-// from ctx.activations (freed at the step's reset). The CPU conv2d's im2col buffer comes from there too.
+// otherwise the op CHECK-fails naming itself. With ctx.bf16_matmul the matrix products (linear,
+// grouped_linear, gemm_strided_batched, batched_matmul) cast their fp32 operands to bf16 in the
+// activation arena and run on tensor cores with fp32 accumulation and fp32 outputs (the grouped GEMM
+// and batched matmul write bf16 and are widened back); parameter gradients accumulate in fp32. Ops whose CUDA
+// twin needs scratch (LayerNorm/BatchNorm backward, BatchNorm, the subsampling convolution, the permute plan,
+// the label-smoothing loss) take it from ctx.activations (freed at the step's reset). The CPU conv2d's im2col
+// buffer comes from there too.
 //
 // Differences from the CPU ops (only on the GPU):
 //  - moe_permute_plan: the plan stays on the device, but M (offsets[E]) is copied to the host and the
-//    stream is synchronised, because the layer sizes its buffers and the expert exchange by it. This is
-//    the one host synchronisation per MoE layer and direction that remains (DESIGN.md §3 step 5: the
-//    counts must reach the host for an MPI/NCCL all-to-all anyway; with EP = 1 it could be avoided by
-//    sizing the buffers with m_max = N*k).
+//    stream is synchronised, because the layer sizes its buffers and the expert exchange by it (the
+//    MoE layer then reads the per-expert counts back too). These are the host synchronisations of a
+//    MoE layer's forward; its backward has none (DESIGN.md §3 step 5: the counts must reach the host
+//    for an MPI/NCCL all-to-all anyway; with EP = 1 they could be avoided by sizing the buffers with
+//    m_max = N*k and keeping the counts on the device).
 //  - grouped_linear's expert_offsets and the masks' lengths are device arrays.
 //  - the losses' scalar outputs (loss, total_loss, num_kept, num_correct) are device memory.
 #pragma once

@@ -1,7 +1,8 @@
 // model/attention.cc — WeNet's MultiHeadedAttention and RelPositionMultiHeadedAttention (without
 // rel_shift), forward and backward, from linear, batched GEMM, attention softmax and dropout ops.
 // The score and context products are strided-batched GEMMs over (batch, head); the [B, T, H, dk] <->
-// [B, H, T, dk] reorganisations are the split_heads / transpose_middle ops of kernels/cpu/layout.h.
+// [B, H, T, dk] reorganisations are the split_heads / transpose_middle ops of kernels/cpu/layout.h (all
+// called through kernels/ops.h, so on either backend).
 #include "model/attention.h"
 
 #include <cmath>

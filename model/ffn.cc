@@ -1,6 +1,6 @@
 // model/ffn.cc — WeNet's PositionwiseFeedForward and MoEFFNLayer (u2pp_moe_wenet.md §2), forward and
-// backward, on the CPU ops of kernels/cpu (linear, grouped_linear for the experts, elementwise
-// activations, dropout, moe_dispatch).
+// backward, on the routed ops of kernels/ops.h (linear, grouped_linear for the experts, elementwise
+// activations, dropout, moe_dispatch), so on either backend.
 #include "model/ffn.h"
 
 #include "core/check.h"

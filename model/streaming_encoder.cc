@@ -1,7 +1,8 @@
 // model/streaming_encoder.cc — WeNet's BaseEncoder.forward_chunk / forward_chunk_by_chunk for
 // inference (see streaming_encoder.h): lean forward-only Conformer layers with K/V and causal-conv
-// caches, built from the CPU ops (linear, batched GEMM, softmax, norms, depthwise conv) and the
-// training model's front end and FFN/MoE forward.
+// caches, built from the ops (linear, batched GEMM, softmax, norms, depthwise conv) and the training
+// model's front end and FFN/MoE forward. CPU only: the caches are host vectors moved with host loops
+// (recognize refuses --simulate_streaming with --device cuda).
 #include "model/streaming_encoder.h"
 
 #include <algorithm>
