@@ -52,11 +52,12 @@ Status sync_gradients(ParameterStore<T>* store, Communicator* world, Communicato
     return invalid_argument_error("GradSyncOptions.bucket_bytes must be > 0, got " +
                                   std::to_string(options.bucket_bytes));
   }
-  if (store->device() != Device::cpu && (world->size() > 1 || edp->size() > 1) &&
-      world->device() != store->device()) {
-    return unimplemented_error(
-        "gradient sync of a GPU-resident model needs device communicators (NCCL), which the trainer does not "
-        "create yet: train on one GPU, or with --device cpu");
+  for (Communicator* comm : {world, edp}) {
+    if (store->device() != Device::cpu && comm->size() > 1 && comm->device() != store->device()) {
+      return invalid_argument_error("gradient sync of a GPU-resident model over group '" + comm->name() +
+                                    "' needs a device communicator (NCCL); it is on " +
+                                    device_name(comm->device()));
+    }
   }
   RETURN_IF_ERROR(all_reduce_buckets(store, ParamRegion::kDense, world, options.bucket_bytes, "dense"));
   RETURN_IF_ERROR(all_reduce_buckets(store, ParamRegion::kExpert, edp, options.bucket_bytes, "expert"));

@@ -41,6 +41,8 @@
 #if MOEASR_WITH_CUDA
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/device.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/nccl/nccl_communicator.h"
 #endif
 
 extern char** environ;
@@ -391,6 +393,9 @@ struct GpuState {
   std::unique_ptr<CudaContext> cuda;
   std::unique_ptr<DeviceMemoryBlock> params_block, activations_block;
   std::unique_ptr<Arena> params;  // parameters, gradients, Adam moments, the positional table
+  // Data parallelism over several GPUs (EP = 1): the gradients are all-reduced over NCCL (the world's
+  // ranks are also the expert-data-parallel group); everything else the ranks agree on stays on MPI.
+  std::unique_ptr<NcclCommunicator> world_nccl;
 };
 #else
 struct GpuState {};
@@ -543,6 +548,9 @@ struct Trainer::Impl {
   // Called after the weights are final on the host (initialised, CMVN, resumed) and before the model
   // binds them.
   Status place_on_gpu();
+  // The gradient all-reduce of a step: over NCCL, ordered after the backward on the compute stream
+  // and before the optimizer (GPU runs with several ranks); over the MPI groups otherwise.
+  Status sync_step_gradients();
   // The positional table into device memory next to the parameters (GPU runs; after the model exists).
   void place_model_tables();
 
@@ -620,6 +628,14 @@ Status Trainer::Impl::place_on_gpu() {
   const int device = (local.ok() ? local.value() : 0) % devices;
   gpu.cuda = std::make_unique<CudaContext>(device);
   gpu.cuda->fill(&ctx);
+  if (world() > 1) {
+    auto* mpi_world = dynamic_cast<MpiCommunicator*>(groups->world.get());
+    if (mpi_world == nullptr) {
+      return failed_precondition_error("--device cuda with " + std::to_string(world()) +
+                                       " ranks needs the MPI process groups (launch with mpirun or srun)");
+    }
+    ASSIGN_OR_RETURN(gpu.world_nccl, NcclCommunicator::create(mpi_world, device, mpi_world->options()));
+  }
   int64_t elems = 0;
   for (int r = 0; r < kNumParamRegions; ++r) {
     elems += static_cast<int64_t>(store->values[r].size() + 3 * store->grads[r].size());
@@ -653,6 +669,18 @@ Status Trainer::Impl::place_on_gpu() {
   return invalid_argument_error(
       "--device cuda: this build has no CUDA backend (rebuild with nvcc on PATH, or -DMOEASR_CUDA=ON)");
 #endif
+}
+
+Status Trainer::Impl::sync_step_gradients() {
+#if MOEASR_WITH_CUDA
+  if (gpu.world_nccl) {
+    RETURN_IF_ERROR(gpu.world_nccl->wait_for_compute(ctx.cuda_stream));
+    RETURN_IF_ERROR(
+        sync_gradients(store.get(), gpu.world_nccl.get(), gpu.world_nccl.get(), GradSyncOptions{}));
+    return gpu.world_nccl->compute_wait(ctx.cuda_stream);
+  }
+#endif
+  return sync_gradients(store.get(), groups->world.get(), groups->edp.get(), GradSyncOptions{});
 }
 
 void Trainer::Impl::place_model_tables() {
@@ -704,11 +732,11 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
   if (o.device != "cpu" && o.device != "cuda") {
     return invalid_argument_error("--device must be cpu or cuda (got '" + o.device + "')");
   }
-  if (o.device == "cuda" && groups->layout.world_size > 1) {
+  if (o.device == "cuda" && groups->layout.ep_size > 1) {
     return unimplemented_error(
-        "--device cuda with " + std::to_string(groups->layout.world_size) +
-        " ranks: the trainer does not create NCCL communicators for the gradient sync and the expert "
-        "exchange yet; train on one GPU (one rank), or on CPU ranks with --device cpu");
+        "--device cuda with parallel_conf.ep_size " + std::to_string(groups->layout.ep_size) +
+        ": the expert exchange does not move device rows yet (NCCL all-to-all in the dispatcher); train "
+        "the GPUs data-parallel with ep_size 1, or expert-parallel on CPU ranks with --device cpu");
   }
   if (o.bf16_matmul && o.device != "cuda") {
     return invalid_argument_error("--precision bf16 needs --device cuda (the CPU backend computes in fp32)");
@@ -991,7 +1019,7 @@ StatusOr<StepResult> Trainer::train_step() {
   result.utts = static_cast<int64_t>(sums[6]);
 
   const Clock::time_point t_opt = Clock::now();
-  RETURN_IF_ERROR(sync_gradients(m.store.get(), world, m.groups->edp.get(), GradSyncOptions{}));
+  RETURN_IF_ERROR(m.sync_step_gradients());
   StatusOr<double> norm =
       m.settings.adam.grad_clip > 0
           ? clip_grad_norm_distributed(m.store.get(), m.settings.adam.grad_clip, m.groups->ep.get(), m.ctx)
