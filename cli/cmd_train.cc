@@ -86,7 +86,7 @@ int run_train(int argc, char** argv) {
       "CPU threads per rank (OpenMP; 0: train_conf.num_threads)")(
       "device", po::value(&device)->default_value("cpu"),
       "cpu, or cuda: parameters, gradients, Adam moments and activations on this rank's GPU; several "
-      "ranks train data-parallel with the gradients over NCCL (parallel_conf.ep_size 1)")(
+      "ranks exchange gradients and expert rows over NCCL")(
       "precision", po::value(&precision)->default_value("fp32"),
       "fp32, or bf16 (with --device cuda): matrix products on bf16 copies of the fp32 operands (tensor "
       "cores, fp32 accumulation); master weights, Adam and every other op stay fp32")(

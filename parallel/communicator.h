@@ -147,6 +147,18 @@ class Communicator {
   virtual Status barrier() = 0;
   // Waits until every enqueued collective is complete (a no-op where calls complete on return).
   virtual Status synchronize() { return Status(); }
+  // Ordering with a compute stream (a cudaStream_t) for communicators that enqueue on their own
+  // stream (NCCL): after_compute makes the next collectives wait for the work issued so far on
+  // `compute_stream`; before_compute makes later work on `compute_stream` wait for the collectives
+  // issued so far. No-ops where a call completes on return (MPI, one process).
+  virtual Status after_compute(void* compute_stream) {
+    (void)compute_stream;
+    return Status();
+  }
+  virtual Status before_compute(void* compute_stream) {
+    (void)compute_stream;
+    return Status();
+  }
 };
 
 // "[group ep0 rank 1/2 (world 3) seq 17 all_to_all_v]": the prefix of every collective error.

@@ -131,11 +131,18 @@ Status exchange_expert_counts(ExpertDispatchCounts* counts, const int64_t* send_
 }
 
 template <class T>
-MpiExpertDispatcher<T>::MpiExpertDispatcher(Communicator* ep_group, CountVerification verification)
-    : comm_(ep_group), verification_(verification) {
+MpiExpertDispatcher<T>::MpiExpertDispatcher(Communicator* ep_group, CountVerification verification,
+                                            Communicator* rows_group)
+    : comm_(ep_group),
+      rows_comm_(rows_group != nullptr ? rows_group : ep_group),
+      verification_(verification) {
   CHECK(comm_ != nullptr);
-  CHECK(comm_->device() == Device::cpu) << "MpiExpertDispatcher moves host rows; group " << comm_->name()
-                                        << " is on " << device_name(comm_->device());
+  CHECK(comm_->device() == Device::cpu) << "MpiExpertDispatcher exchanges the counts on the host; group "
+                                        << comm_->name() << " is on " << device_name(comm_->device());
+  CHECK_EQ(rows_comm_->size(), comm_->size())
+      << "rows group " << rows_comm_->name() << " vs " << comm_->name();
+  CHECK_EQ(rows_comm_->rank(), comm_->rank())
+      << "rows group " << rows_comm_->name() << " vs " << comm_->name();
 }
 
 template <class T>
@@ -209,9 +216,13 @@ void MpiExpertDispatcher<T>::to_holders(const T** out, const T* in, const Expert
   ExchangeBlocks x = exchange_blocks(counts, d);
   const int64_t n_local = counts.n_local_experts;
   T* rows = activation_alloc<T>(ctx, counts.received_rows * d);  // [R, D] local-expert-major
-  Status st = comm_->all_to_all_blocks(
-      rows, AllToAllBlocks{n_local, x.holder_offset.data(), x.holder_count.data()}, in,
-      AllToAllBlocks{n_local, x.owner_offset.data(), x.owner_count.data()}, DTypeOf<T>::value);
+  Status st = rows_comm_->after_compute(ctx.cuda_stream);
+  if (st.ok()) {
+    st = rows_comm_->all_to_all_blocks(
+        rows, AllToAllBlocks{n_local, x.holder_offset.data(), x.holder_count.data()}, in,
+        AllToAllBlocks{n_local, x.owner_offset.data(), x.owner_count.data()}, DTypeOf<T>::value);
+  }
+  if (st.ok()) st = rows_comm_->before_compute(ctx.cuda_stream);
   CHECK(st.ok()) << st.to_string();
   *out = rows;
 }
@@ -223,9 +234,13 @@ void MpiExpertDispatcher<T>::to_owners(const T** out, const T* in, const ExpertD
   ExchangeBlocks x = exchange_blocks(counts, d);
   const int64_t n_local = counts.n_local_experts;
   T* rows = activation_alloc<T>(ctx, counts.sent_rows * d);  // [M, D] this rank's permuted order
-  Status st = comm_->all_to_all_blocks(
-      rows, AllToAllBlocks{n_local, x.owner_offset.data(), x.owner_count.data()}, in,
-      AllToAllBlocks{n_local, x.holder_offset.data(), x.holder_count.data()}, DTypeOf<T>::value);
+  Status st = rows_comm_->after_compute(ctx.cuda_stream);
+  if (st.ok()) {
+    st = rows_comm_->all_to_all_blocks(
+        rows, AllToAllBlocks{n_local, x.owner_offset.data(), x.owner_count.data()}, in,
+        AllToAllBlocks{n_local, x.holder_offset.data(), x.holder_count.data()}, DTypeOf<T>::value);
+  }
+  if (st.ok()) st = rows_comm_->before_compute(ctx.cuda_stream);
   CHECK(st.ok()) << st.to_string();
   *out = rows;
 }

@@ -53,9 +53,13 @@ std::vector<int64_t> expert_major_offsets(const int64_t* recv_counts,  // [ep_si
 template <class T>
 class MpiExpertDispatcher final : public ExpertDispatcher<T> {
  public:
-  // `ep_group` is this rank's EP group (host buffers); it must outlive the dispatcher.
+  // `ep_group` is this rank's EP group over host buffers (the counts go through it); `rows_group` the
+  // same ranks over the rows' memory (NCCL for device rows; null: ep_group). Both must outlive the
+  // dispatcher. Row exchanges are ordered after the compute stream's work (ctx.cuda_stream) and the
+  // compute stream after them (Communicator::after_compute / before_compute).
   explicit MpiExpertDispatcher(Communicator* ep_group,
-                               CountVerification verification = CountVerification::kSums);
+                               CountVerification verification = CountVerification::kSums,
+                               Communicator* rows_group = nullptr);
 
   ExpertLayout layout() const override;
   void dispatch_forward(ExpertDispatchCounts* counts, const T** local_rows, const T* permuted_rows,
@@ -76,7 +80,8 @@ class MpiExpertDispatcher final : public ExpertDispatcher<T> {
   void to_owners(const T** out, const T* in, const ExpertDispatchCounts& counts, int64_t d,
                  const RunContext& ctx);
 
-  Communicator* comm_;
+  Communicator* comm_;       // counts (host)
+  Communicator* rows_comm_;  // rows (host or device)
   CountVerification verification_;
 };
 

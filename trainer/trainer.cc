@@ -393,9 +393,11 @@ struct GpuState {
   std::unique_ptr<CudaContext> cuda;
   std::unique_ptr<DeviceMemoryBlock> params_block, activations_block;
   std::unique_ptr<Arena> params;  // parameters, gradients, Adam moments, the positional table
-  // Data parallelism over several GPUs (EP = 1): the gradients are all-reduced over NCCL (the world's
-  // ranks are also the expert-data-parallel group); everything else the ranks agree on stays on MPI.
-  std::unique_ptr<NcclCommunicator> world_nccl;
+  // Several GPUs: NCCL over the same ranks as the MPI groups, for device buffers only (the dense
+  // gradients over the world, the expert gradients over the EDP group, the expert rows over the EP
+  // group); everything the ranks agree on through host values stays on MPI. Null for a one-member
+  // group (with EP 1 the EDP group is the world, so world_nccl serves both).
+  std::unique_ptr<NcclCommunicator> world_nccl, ep_nccl, edp_nccl;
 };
 #else
 struct GpuState {};
@@ -551,6 +553,7 @@ struct Trainer::Impl {
   // The gradient all-reduce of a step: over NCCL, ordered after the backward on the compute stream
   // and before the optimizer (GPU runs with several ranks); over the MPI groups otherwise.
   Status sync_step_gradients();
+  std::unique_ptr<ExpertDispatcher<float>> make_dispatcher();
   // The positional table into device memory next to the parameters (GPU runs; after the model exists).
   void place_model_tables();
 
@@ -628,13 +631,21 @@ Status Trainer::Impl::place_on_gpu() {
   const int device = (local.ok() ? local.value() : 0) % devices;
   gpu.cuda = std::make_unique<CudaContext>(device);
   gpu.cuda->fill(&ctx);
-  if (world() > 1) {
-    auto* mpi_world = dynamic_cast<MpiCommunicator*>(groups->world.get());
-    if (mpi_world == nullptr) {
+  // NCCL communicators over the MPI groups (collective: every rank creates them in the same order).
+  auto nccl_over = [&](Communicator* group, std::unique_ptr<NcclCommunicator>* out) -> Status {
+    if (group->size() <= 1) return Status();
+    auto* mpi = dynamic_cast<MpiCommunicator*>(group);
+    if (mpi == nullptr) {
       return failed_precondition_error("--device cuda with " + std::to_string(world()) +
                                        " ranks needs the MPI process groups (launch with mpirun or srun)");
     }
-    ASSIGN_OR_RETURN(gpu.world_nccl, NcclCommunicator::create(mpi_world, device, mpi_world->options()));
+    ASSIGN_OR_RETURN(*out, NcclCommunicator::create(mpi, device, mpi->options()));
+    return Status();
+  };
+  RETURN_IF_ERROR(nccl_over(groups->world.get(), &gpu.world_nccl));
+  if (groups->layout.ep_size > 1) {
+    RETURN_IF_ERROR(nccl_over(groups->ep.get(), &gpu.ep_nccl));
+    RETURN_IF_ERROR(nccl_over(groups->edp.get(), &gpu.edp_nccl));
   }
   int64_t elems = 0;
   for (int r = 0; r < kNumParamRegions; ++r) {
@@ -672,15 +683,34 @@ Status Trainer::Impl::place_on_gpu() {
 }
 
 Status Trainer::Impl::sync_step_gradients() {
+  Communicator* dense = groups->world.get();
+  Communicator* experts = groups->edp.get();
 #if MOEASR_WITH_CUDA
-  if (gpu.world_nccl) {
-    RETURN_IF_ERROR(gpu.world_nccl->wait_for_compute(ctx.cuda_stream));
-    RETURN_IF_ERROR(
-        sync_gradients(store.get(), gpu.world_nccl.get(), gpu.world_nccl.get(), GradSyncOptions{}));
-    return gpu.world_nccl->compute_wait(ctx.cuda_stream);
+  if (gpu.world_nccl) dense = gpu.world_nccl.get();
+  if (gpu.edp_nccl) {
+    experts = gpu.edp_nccl.get();
+  } else if (groups->layout.ep_size == 1 && gpu.world_nccl) {
+    experts = gpu.world_nccl.get();  // EP 1: the EDP group is the world
   }
 #endif
-  return sync_gradients(store.get(), groups->world.get(), groups->edp.get(), GradSyncOptions{});
+  // Device communicators enqueue on their own streams: after the backward, before the optimizer.
+  RETURN_IF_ERROR(dense->after_compute(ctx.cuda_stream));
+  if (experts != dense) RETURN_IF_ERROR(experts->after_compute(ctx.cuda_stream));
+  RETURN_IF_ERROR(sync_gradients(store.get(), dense, experts, GradSyncOptions{}));
+  RETURN_IF_ERROR(dense->before_compute(ctx.cuda_stream));
+  if (experts != dense) RETURN_IF_ERROR(experts->before_compute(ctx.cuda_stream));
+  return Status();
+}
+
+// The expert dispatcher: local with EP 1; with EP > 1 the counts over the MPI EP group and, on GPUs,
+// the rows over its NCCL twin.
+std::unique_ptr<ExpertDispatcher<float>> Trainer::Impl::make_dispatcher() {
+  if (groups->layout.ep_size <= 1) return std::make_unique<LocalExpertDispatcher<float>>();
+  Communicator* rows = nullptr;
+#if MOEASR_WITH_CUDA
+  rows = gpu.ep_nccl.get();
+#endif
+  return std::make_unique<MpiExpertDispatcher<float>>(groups->ep.get(), CountVerification::kSums, rows);
 }
 
 void Trainer::Impl::place_model_tables() {
@@ -732,12 +762,6 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
   if (o.device != "cpu" && o.device != "cuda") {
     return invalid_argument_error("--device must be cpu or cuda (got '" + o.device + "')");
   }
-  if (o.device == "cuda" && groups->layout.ep_size > 1) {
-    return unimplemented_error(
-        "--device cuda with parallel_conf.ep_size " + std::to_string(groups->layout.ep_size) +
-        ": the expert exchange does not move device rows yet (NCCL all-to-all in the dispatcher); train "
-        "the GPUs data-parallel with ep_size 1, or expert-parallel on CPU ranks with --device cpu");
-  }
   if (o.bf16_matmul && o.device != "cuda") {
     return invalid_argument_error("--precision bf16 needs --device cuda (the CPU backend computes in fp32)");
   }
@@ -781,11 +805,6 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
   m.table = std::make_unique<ParameterTable>(build_u2pp_parameter_table(m.model_config, layout));
   m.store = std::make_unique<ParameterStore<float>>(*m.table);
   initialize_parameters(m.store.get(), m.settings.seed);
-  if (groups->layout.ep_size > 1) {
-    m.dispatcher = std::make_unique<MpiExpertDispatcher<float>>(groups->ep.get());
-  } else {
-    m.dispatcher = std::make_unique<LocalExpertDispatcher<float>>();
-  }
   AdamOptions adam = m.settings.adam;
   adam.grad_clip = 0;  // clipped with the distributed norm before the update
   m.adam = std::make_unique<AdamOptimizer<float>>(m.store.get(), adam);
@@ -852,6 +871,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
 
   // The weights are final on the host: move them to the device (GPU runs), then bind the model.
   if (o.device == "cuda") RETURN_IF_ERROR(m.place_on_gpu());
+  m.dispatcher = m.make_dispatcher();
   m.model = std::make_unique<U2ppModel<float>>(m.model_config, m.store.get(), m.dispatcher.get(), layout);
   m.place_model_tables();
 

@@ -116,7 +116,7 @@ struct TrainerOptions {
   bool resume = false;        // --resume auto
   int num_threads = 1;        // OpenMP threads per rank
   // "cpu", or "cuda": the model, its gradients and Adam moments in GPU memory (the rank's local index
-  // picks the device). Several ranks: data parallel, gradients all-reduced over NCCL (EP 1 only).
+  // picks the device). Several ranks: gradients and expert rows over NCCL, counts over MPI.
   std::string device = "cpu";
   // --precision bf16 (GPU only): the matrix products take bf16 copies of their fp32 operands (tensor
   // cores, fp32 accumulation); everything else, the master weights and Adam stay fp32.

@@ -59,6 +59,8 @@ class NcclCommunicator final : public Communicator {
   // Event ordering between a compute stream (cudaStream_t) and this communicator's stream.
   Status wait_for_compute(void* compute_stream);
   Status compute_wait(void* compute_stream);
+  Status after_compute(void* compute_stream) override { return wait_for_compute(compute_stream); }
+  Status before_compute(void* compute_stream) override { return compute_wait(compute_stream); }
 
  private:
   NcclCommunicator(MpiCommunicator* bootstrap, int device, CommunicatorOptions options);
