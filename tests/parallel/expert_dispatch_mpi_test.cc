@@ -4,6 +4,8 @@
 // compares its own rows and the synchronised gradients with it:
 //   - every EP size dividing the world (EP = world, EP = 2 inside DP = 2 on 4 ranks, EP = 1 = pure
 //     DP), both count verifications, float (<= 1e-5 relative) and double (<= 1e-12);
+//   - the rows over a second communicator of the same ranks (the counts over the first), as on GPUs
+//     where NCCL moves the rows beside the MPI group;
 //   - ranks with different token counts and padded tokens; a rank with no tokens at all; a rank whose
 //     tokens are all padding; skewed routing (every token to one expert with k = 1, so other holders
 //     receive nothing; and one hot expert with k = 2);
@@ -152,11 +154,15 @@ struct Case {
 };
 
 // Runs one case for one EP size and checks it against the EP=1 reference.
+// separate_rows_group: the rows move over a second communicator of the same ranks (as NCCL beside the
+// MPI group on GPUs), the counts over the first.
 template <class T>
-void check_case(const Case& c, int64_t ep_size, CountVerification verification, bool debug, double tol) {
+void check_case(const Case& c, int64_t ep_size, CountVerification verification, bool debug, double tol,
+                bool separate_rows_group = false) {
   const int world = world_size(), me = world_rank();
   SCOPED_TRACE(c.name + " ep " + std::to_string(ep_size) + (debug ? " debug" : "") +
-               (verification == CountVerification::kSums ? " sums" : " matrix"));
+               (verification == CountVerification::kSums ? " sums" : " matrix") +
+               (separate_rows_group ? " rows group" : ""));
   Inputs in = make_inputs(world, c.tokens, c.all_padding);
   std::vector<T> x = rows<T>(in.x, 0, in.total), dout = rows<T>(in.dout, 0, in.total);
 
@@ -170,7 +176,13 @@ void check_case(const Case& c, int64_t ep_size, CountVerification verification, 
   auto groups = create_mpi_process_groups(ep_size, {kExperts}, test_options(debug));
   ASSERT_TRUE(groups.ok()) << groups.status().to_string();
   ProcessGroups& g = groups.value();
-  MpiExpertDispatcher<T> dispatcher(g.ep.get(), verification);
+  StatusOr<ProcessGroups> rows_groups = ProcessGroups{};
+  if (separate_rows_group) {
+    rows_groups = create_mpi_process_groups(ep_size, {kExperts}, test_options(debug));
+    ASSERT_TRUE(rows_groups.ok()) << rows_groups.status().to_string();
+  }
+  MpiExpertDispatcher<T> dispatcher(g.ep.get(), verification,
+                                    separate_rows_group ? rows_groups.value().ep.get() : nullptr);
   Layer<T> par(g.layout.expert_layout(), c.k, c.routing);
   const int64_t n = in.tokens[me], first = in.offset[me];
   std::vector<T> my_x(x.begin() + first * kD, x.begin() + (first + n) * kD);
@@ -247,6 +259,17 @@ TEST_F(ExpertDispatchMpiTest, EveryEpSizeMatchesOneProcessOnTheConcatenatedBatch
   for (int64_t ep : ep_sizes(world)) {
     check_case<float>(c, ep, CountVerification::kSums, false, 1e-5);
     check_case<double>(c, ep, CountVerification::kFullMatrix, true, 1e-12);
+  }
+}
+
+TEST_F(ExpertDispatchMpiTest, RowsOverASecondGroupMatchOneProcess) {
+  const int world = world_size();
+  std::vector<int64_t> tokens = varied_tokens(world);
+  tokens[0] = 0;
+  Case c{"rows over a second group", tokens, std::vector<uint8_t>(world, 0)};
+  for (int64_t ep : ep_sizes(world)) {
+    check_case<float>(c, ep, CountVerification::kSums, false, 1e-5, /*separate_rows_group=*/true);
+    check_case<double>(c, ep, CountVerification::kFullMatrix, true, 1e-12, /*separate_rows_group=*/true);
   }
 }
 
