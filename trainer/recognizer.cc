@@ -23,9 +23,9 @@
 #include "data_pipeline/shard.h"
 #include "data_pipeline/tokenizer.h"
 #include "model/front_end.h"
-#include "parallel/bootstrap.h"
 #include "parallel/single_process_communicator.h"
 #include "trainer/model_weights.h"
+#include "trainer/rank_device.h"
 #include "trainer/wenet_yaml.h"
 
 #if MOEASR_WITH_CUDA
@@ -715,12 +715,8 @@ struct RecognitionGpu {
 };
 
 Status place_recognition_model_on_gpu(RecognitionGpu* gpu, RecognitionModel* model, RunContext* ctx) {
-  std::string why;
-  const int devices = cuda_usable_device_count(&why);
-  if (devices == 0) return failed_precondition_error("--device cuda: no usable CUDA device (" + why + ")");
-  std::string source;
-  StatusOr<int> local = local_rank_from_env(process_env(), &source);
-  const int device = (local.ok() ? local.value() : 0) % devices;
+  std::string how;
+  ASSIGN_OR_RETURN(const int device, rank_cuda_device(&how));
   gpu->cuda = std::make_unique<CudaContext>(device);
   gpu->cuda->fill(ctx);
   int64_t elems = 0;
@@ -748,15 +744,14 @@ Status place_recognition_model_on_gpu(RecognitionGpu* gpu, RecognitionModel* mod
   gpu->host = std::make_unique<Arena>("host metadata", int64_t{1} << 20, Arena::Growth::kGrowable);
   ctx->activations = gpu->activations.get();
   ctx->host_metadata = gpu->host.get();
-  LOG(INFO) << "recognize: CUDA device " << device << " of " << devices;
+  LOG(INFO) << "recognize: " << how;
   return Status();
 }
 #else
 struct RecognitionGpu {};
 
 Status place_recognition_model_on_gpu(RecognitionGpu*, RecognitionModel*, RunContext*) {
-  return invalid_argument_error(
-      "--device cuda: this build has no CUDA backend (rebuild with nvcc on PATH, or -DMOEASR_CUDA=ON)");
+  return rank_cuda_device(nullptr).status();  // this build has no CUDA backend: says so
 }
 #endif
 

@@ -30,11 +30,11 @@
 #include "model/expert_dispatch.h"
 #include "model/front_end.h"
 #include "model/u2pp_model.h"
-#include "parallel/bootstrap.h"
 #include "parallel/expert_load.h"
 #include "parallel/grad_sync.h"
 #include "parallel/mpi_expert_dispatcher.h"
 #include "trainer/model_weights.h"
+#include "trainer/rank_device.h"
 #include "trainer/tensorboard.h"
 #include "trainer/train_config.h"
 
@@ -623,12 +623,8 @@ struct Trainer::Impl {
 
 Status Trainer::Impl::place_on_gpu() {
 #if MOEASR_WITH_CUDA
-  std::string why;
-  const int devices = cuda_usable_device_count(&why);
-  if (devices == 0) return failed_precondition_error("--device cuda: no usable CUDA device (" + why + ")");
-  std::string source;
-  StatusOr<int> local = local_rank_from_env(process_env(), &source);
-  const int device = (local.ok() ? local.value() : 0) % devices;
+  std::string how;
+  ASSIGN_OR_RETURN(const int device, rank_cuda_device(&how));
   gpu.cuda = std::make_unique<CudaContext>(device);
   gpu.cuda->fill(&ctx);
   // NCCL communicators over the MPI groups (collective: every rank creates them in the same order).
@@ -672,13 +668,11 @@ Status Trainer::Impl::place_on_gpu() {
   ctx.activations = activations.get();
   host_metadata = std::make_unique<Arena>("host metadata", int64_t{1} << 20, Arena::Growth::kGrowable);
   ctx.host_metadata = host_metadata.get();
-  LOG(INFO) << "device: CUDA " << device << " of " << devices << " (local rank from "
-            << (local.ok() ? source : std::string("none: device 0")) << "); " << param_bytes
-            << " bytes for parameters, gradients and moments, " << activation_bytes << " for activations";
+  LOG(INFO) << "device: " << how << "; " << param_bytes << " bytes for parameters, gradients and moments, "
+            << activation_bytes << " for activations";
   return Status();
 #else
-  return invalid_argument_error(
-      "--device cuda: this build has no CUDA backend (rebuild with nvcc on PATH, or -DMOEASR_CUDA=ON)");
+  return rank_cuda_device(nullptr).status();  // this build has no CUDA backend: says so
 #endif
 }
 

@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/arena.h"
 #include "core/dtype.h"
 #include "core/run_context.h"
 #include "kernels/cuda/cuda_check.h"
@@ -165,6 +166,28 @@ inline RunContext gpu_test_context() {
   ctx.num_threads = 2;
   return ctx;
 }
+
+// Device memory for a whole-model test: a parameter arena and an activation arena over owned device
+// blocks, and a host arena for the step's metadata; points ctx's activations and host_metadata at
+// them. Destroyed after everything that uses them (declare it first).
+class DeviceArenas {
+ public:
+  DeviceArenas(int64_t param_bytes, int64_t activation_bytes, RunContext* ctx)
+      : params_block_("test parameters", param_bytes),
+        activations_block_("test activations", activation_bytes),
+        params_("device parameters", params_block_.data(), param_bytes, Device::cuda),
+        activations_("device activations", activations_block_.data(), activation_bytes, Device::cuda),
+        host_("host metadata", int64_t{1} << 20, Arena::Growth::kGrowable) {
+    ctx->activations = &activations_;
+    ctx->host_metadata = &host_;
+  }
+  Arena* params() { return &params_; }
+  Arena* activations() { return &activations_; }
+
+ private:
+  DeviceMemoryBlock params_block_, activations_block_;
+  Arena params_, activations_, host_;
+};
 
 constexpr double kFp32Tolerance = 1e-5;  // max_scaled_error
 constexpr double kBf16Tolerance = 1e-2;  // relative_norm_error

@@ -116,23 +116,12 @@ void expect_gpu_decoding_matches_cpu(int64_t chunk) {
   CudaContext cuda(0);
   RunContext gpu = testing::gpu_test_context();
   cuda.fill(&gpu);
-  const int64_t param_bytes = int64_t(16) << 20, activation_bytes = int64_t(256) << 20;
-  void* param_block = nullptr;
-  void* activation_block = nullptr;
-  CUDA_CHECK(cudaMalloc(&param_block, param_bytes));
-  CUDA_CHECK(cudaMalloc(&activation_block, activation_bytes));
   DecodeOutputs got;
   {
-    Arena params("device parameters", param_block, param_bytes, Device::cuda);
-    Arena activations("device activations", activation_block, activation_bytes, Device::cuda);
-    Arena host("host metadata", 1 << 20, Arena::Growth::kGrowable);
-    gpu.activations = &activations;
-    gpu.host_metadata = &host;
-    got = decode(config, table, feats, frames, chunk, gpu, &params);
+    testing::DeviceArenas arenas(int64_t(16) << 20, int64_t(256) << 20, &gpu);
+    got = decode(config, table, feats, frames, chunk, gpu, arenas.params());
     cuda.synchronize();
   }
-  CUDA_CHECK(cudaFree(param_block));
-  CUDA_CHECK(cudaFree(activation_block));
 
   EXPECT_LE(testing::relative_norm_error(got.encoder_out, want.encoder_out), 1e-4) << "encoder output";
   EXPECT_LE(testing::relative_norm_error(got.ctc_log_probs, want.ctc_log_probs), 1e-4) << "CTC log-probs";

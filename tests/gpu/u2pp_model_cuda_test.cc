@@ -112,18 +112,11 @@ StepResult run_gpu(const ModelConfig& config, const ParameterTable& table, const
   RunContext ctx = testing::gpu_test_context();
   cuda.fill(&ctx);
   ctx.bf16_matmul = bf16_matmul;
-  const int64_t param_bytes = int64_t(64) << 20, activation_bytes = int64_t(256) << 20;
-  void* param_block = nullptr;
-  void* activation_block = nullptr;
-  CUDA_CHECK(cudaMalloc(&param_block, param_bytes));
-  CUDA_CHECK(cudaMalloc(&activation_block, activation_bytes));
   StepResult r;
   {
-    Arena params("device parameters", param_block, param_bytes, Device::cuda);
-    Arena activations("device activations", activation_block, activation_bytes, Device::cuda);
-    Arena host("host metadata", 1 << 20, Arena::Growth::kGrowable);
-    ctx.activations = &activations;
-    ctx.host_metadata = &host;
+    testing::DeviceArenas arenas(int64_t(64) << 20, int64_t(256) << 20, &ctx);
+    Arena& params = *arenas.params();
+    Arena& activations = *arenas.activations();
 
     ParameterStore<float> store(table);
     initialize_parameters(&store, 7);
@@ -149,8 +142,6 @@ StepResult run_gpu(const ModelConfig& config, const ParameterTable& table, const
     initialize_parameters(&initial, 7);
     record_delta(&r, store, initial);
   }
-  CUDA_CHECK(cudaFree(param_block));
-  CUDA_CHECK(cudaFree(activation_block));
   return r;
 }
 
