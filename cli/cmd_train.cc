@@ -88,9 +88,10 @@ int run_train(int argc, char** argv) {
       "cpu, or cuda: parameters, gradients, Adam moments and activations on this rank's GPU; several "
       "ranks exchange gradients and expert rows over NCCL")(
       "precision", po::value(&precision)->default_value("fp32"),
-      "fp32, or bf16 (with --device cuda): matrix products on bf16 copies of the fp32 operands (tensor "
-      "cores, fp32 accumulation); master weights, Adam and every other op stay fp32")(
-      "seed", po::value(&seed)->default_value(-1), "overrides train_conf.seed (data order, dropout, chunks)")(
+      "fp32, or bf16 (with --device cuda): activations stored in bf16, matrix products on tensor cores "
+      "from a bf16 copy of the weights (fp32 accumulation); master weights, gradients, Adam, norm "
+      "statistics and losses stay fp32")("seed", po::value(&seed)->default_value(-1),
+                                         "overrides train_conf.seed (data order, dropout, chunks)")(
       "max_steps", po::value(&max_steps)->default_value(0),
       "stop after this many optimizer steps in total (0: max_epoch decides)")(
       "max_minutes", po::value(&max_minutes)->default_value(0),
@@ -199,7 +200,7 @@ int run_train(int argc, char** argv) {
   options.checkpoint = checkpoint;
   options.resume = resume == "auto";
   options.device = device;
-  options.bf16_matmul = precision == "bf16";
+  options.bf16 = precision == "bf16";
   options.num_threads =
       num_threads > 0 ? num_threads
                       : static_cast<int>(std::max<int64_t>(1, config.value().train_conf().num_threads()));

@@ -1,5 +1,5 @@
 // kernels/ops.cc — the routing of kernels/ops.h: the CPU op when ctx.device is cpu, else its CUDA twin
-// (float only, CUDA builds only), with scratch for the CUDA ops from ctx.activations.
+// (float and bf16, CUDA builds only), with scratch for the CUDA ops from ctx.activations.
 #include "kernels/ops.h"
 
 #include <cstring>
@@ -82,6 +82,34 @@ void to_f32(float* out, const __nv_bfloat16* x, int64_t n, const RunContext& ctx
   if (n > 0 && out != nullptr) cast_bf16_to_f32_cuda(out, x, n, ctx);
 }
 
+// A pointer as the CUDA twins take it: moeasr::bf16 (host code's name for the 16 bits) becomes
+// __nv_bfloat16 (same size and layout); every other pointer passes through.
+static_assert(sizeof(bf16) == sizeof(__nv_bfloat16) && alignof(bf16) == alignof(__nv_bfloat16));
+template <class U>
+U* dev(U* p) {
+  return p;
+}
+inline __nv_bfloat16* dev(bf16* p) {
+  return reinterpret_cast<__nv_bfloat16*>(p);
+}
+inline const __nv_bfloat16* dev(const bf16* p) {
+  return reinterpret_cast<const __nv_bfloat16*>(p);
+}
+// The element type the CUDA twins are instantiated for.
+template <class T>
+using DeviceT = std::conditional_t<std::is_same_v<T, bf16>, __nv_bfloat16, T>;
+// A value of Accum<T> as a DeviceT<T> (bf16: rounded to nearest even).
+template <class T>
+DeviceT<T> device_value(Accum<T> value) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    __nv_bfloat16_raw raw;
+    raw.x = bf16(value).bits;
+    return __nv_bfloat16(raw);
+  } else {
+    return value;
+  }
+}
+
 // Elements spanned by a strided-batched GEMM operand of `rows` x `cols` (as stored, row stride ld).
 int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, int64_t batch) {
   if (rows <= 0 || cols <= 0 || batch <= 0) return 0;
@@ -91,15 +119,28 @@ int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, i
 
 }  // namespace
 
+// The CPU op for float and double; bf16 tensors have no CPU ops (they are the GPU's storage type).
+#define MOEASR_OP_ON_CPU(T, name, ...)                                                              \
+  do {                                                                                              \
+    if (ctx.device == Device::cpu) {                                                                \
+      if constexpr (!std::is_same_v<T, bf16>) {                                                     \
+        __VA_ARGS__;                                                                                \
+      } else {                                                                                      \
+        CHECK(false) << "op " << name << ": bf16 tensors run on the CUDA device only (the CPU ops " \
+                     << "are float and double)";                                                    \
+      }                                                                                             \
+    }                                                                                               \
+  } while (0)
+
 #if MOEASR_WITH_CUDA
-// The CUDA twin for float; any other T on the device is refused.
-#define MOEASR_OP_ON_CUDA(T, name, ...)                                                          \
-  do {                                                                                           \
-    if constexpr (std::is_same_v<T, float>) {                                                    \
-      __VA_ARGS__                                                                                \
-    } else {                                                                                     \
-      fail_on_device(name, "only float tensors run on the GPU (double is for gradient checks)"); \
-    }                                                                                            \
+// The CUDA twin for float and bf16; double on the device is refused.
+#define MOEASR_OP_ON_CUDA(T, name, ...)                                                                   \
+  do {                                                                                                    \
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16>) {                                  \
+      __VA_ARGS__                                                                                         \
+    } else {                                                                                              \
+      fail_on_device(name, "only float and bf16 tensors run on the GPU (double is for gradient checks)"); \
+    }                                                                                                     \
   } while (0)
 #else
 #define MOEASR_OP_ON_CUDA(T, name, ...) \
@@ -108,248 +149,295 @@ int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, i
 
 template <class T>
 void add_forward(T* out, const T* a, const T* b, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::add_forward(out, a, b, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "add_forward", { add_forward_cuda(out, a, b, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "add_forward", return moeasr::add_forward(out, a, b, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "add_forward", { add_forward_cuda(dev(out), dev(a), dev(b), n, ctx); });
 }
 
 template <class T>
 void add_backward(T* da, T* db, const T* dout, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::add_backward(da, db, dout, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "add_backward", { add_backward_cuda(da, db, dout, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "add_backward", return moeasr::add_backward(da, db, dout, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "add_backward", { add_backward_cuda(dev(da), dev(db), dev(dout), n, ctx); });
 }
 
 template <class T>
-void scale_forward(T* out, const T* x, T alpha, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::scale_forward(out, x, alpha, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "scale_forward", { scale_forward_cuda(out, x, alpha, n, ctx); });
+void scale_forward(T* out, const T* x, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "scale_forward", return moeasr::scale_forward(out, x, alpha, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "scale_forward", { scale_forward_cuda(dev(out), dev(x), alpha, n, ctx); });
 }
 
 template <class T>
-void scale_backward(T* dx, const T* dout, T alpha, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::scale_backward(dx, dout, alpha, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "scale_backward", { scale_backward_cuda(dx, dout, alpha, n, ctx); });
+void scale_backward(T* dx, const T* dout, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "scale_backward", return moeasr::scale_backward(dx, dout, alpha, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "scale_backward", { scale_backward_cuda(dev(dx), dev(dout), alpha, n, ctx); });
 }
 
 template <class T>
-void residual_add_forward(T* out, const T* x, const T* y, T alpha, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::residual_add_forward(out, x, y, alpha, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "residual_add_forward", { residual_add_forward_cuda(out, x, y, alpha, n, ctx); });
+void residual_add_forward(T* out, const T* x, const T* y, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "residual_add_forward", return moeasr::residual_add_forward(out, x, y, alpha, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "residual_add_forward",
+                    { residual_add_forward_cuda(dev(out), dev(x), dev(y), alpha, n, ctx); });
 }
 
 template <class T>
-void residual_add_backward(T* dx, T* dy, const T* dout, T alpha, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::residual_add_backward(dx, dy, dout, alpha, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "residual_add_backward", { residual_add_backward_cuda(dx, dy, dout, alpha, n, ctx); });
+void residual_add_backward(T* dx, T* dy, const T* dout, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "residual_add_backward",
+                   return moeasr::residual_add_backward(dx, dy, dout, alpha, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "residual_add_backward",
+                    { residual_add_backward_cuda(dev(dx), dev(dy), dev(dout), alpha, n, ctx); });
 }
 
 template <class T>
-void add_scaled_inplace(T* acc, const T* x, T alpha, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::add_scaled_inplace(acc, x, alpha, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "add_scaled_inplace", { add_scaled_inplace_cuda(acc, x, alpha, n, ctx); });
+void add_scaled_inplace(T* acc, const T* x, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "add_scaled_inplace", return moeasr::add_scaled_inplace(acc, x, alpha, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "add_scaled_inplace", { add_scaled_inplace_cuda(dev(acc), dev(x), alpha, n, ctx); });
 }
 
 template <class T>
 void relu_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::relu_forward(out, x, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "relu_forward", { relu_forward_cuda(out, x, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "relu_forward", return moeasr::relu_forward(out, x, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "relu_forward", { relu_forward_cuda(dev(out), dev(x), n, ctx); });
 }
 
 template <class T>
 void relu_backward(T* dx, const T* dout, const T* x, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::relu_backward(dx, dout, x, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "relu_backward", { relu_backward_cuda(dx, dout, x, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "relu_backward", return moeasr::relu_backward(dx, dout, x, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "relu_backward", { relu_backward_cuda(dev(dx), dev(dout), dev(x), n, ctx); });
 }
 
 template <class T>
 void silu_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::silu_forward(out, x, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "silu_forward", { silu_forward_cuda(out, x, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "silu_forward", return moeasr::silu_forward(out, x, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "silu_forward", { silu_forward_cuda(dev(out), dev(x), n, ctx); });
 }
 
 template <class T>
 void silu_backward(T* dx, const T* dout, const T* x, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::silu_backward(dx, dout, x, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "silu_backward", { silu_backward_cuda(dx, dout, x, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "silu_backward", return moeasr::silu_backward(dx, dout, x, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "silu_backward", { silu_backward_cuda(dev(dx), dev(dout), dev(x), n, ctx); });
 }
 
 template <class T>
 void sigmoid_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::sigmoid_forward(out, x, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "sigmoid_forward", { sigmoid_forward_cuda(out, x, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "sigmoid_forward", return moeasr::sigmoid_forward(out, x, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "sigmoid_forward", { sigmoid_forward_cuda(dev(out), dev(x), n, ctx); });
 }
 
 template <class T>
 void sigmoid_backward(T* dx, const T* dout, const T* out, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::sigmoid_backward(dx, dout, out, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "sigmoid_backward", { sigmoid_backward_cuda(dx, dout, out, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "sigmoid_backward", return moeasr::sigmoid_backward(dx, dout, out, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "sigmoid_backward", { sigmoid_backward_cuda(dev(dx), dev(dout), dev(out), n, ctx); });
 }
 
 template <class T>
 void glu_forward(T* out, const T* x, int64_t n, int64_t c, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::glu_forward(out, x, n, c, ctx);
-  MOEASR_OP_ON_CUDA(T, "glu_forward", { glu_forward_cuda(out, x, n, c, ctx); });
+  MOEASR_OP_ON_CPU(T, "glu_forward", return moeasr::glu_forward(out, x, n, c, ctx));
+  MOEASR_OP_ON_CUDA(T, "glu_forward", { glu_forward_cuda(dev(out), dev(x), n, c, ctx); });
 }
 
 template <class T>
 void glu_backward(T* dx, const T* dout, const T* x, int64_t n, int64_t c, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::glu_backward(dx, dout, x, n, c, ctx);
-  MOEASR_OP_ON_CUDA(T, "glu_backward", { glu_backward_cuda(dx, dout, x, n, c, ctx); });
+  MOEASR_OP_ON_CPU(T, "glu_backward", return moeasr::glu_backward(dx, dout, x, n, c, ctx));
+  MOEASR_OP_ON_CUDA(T, "glu_backward", { glu_backward_cuda(dev(dx), dev(dout), dev(x), n, c, ctx); });
 }
 
 template <class T>
-void fill_constant(T* out, T value, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::fill_constant(out, value, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "fill_constant", { fill_constant_cuda(out, value, n, ctx); });
+void fill_constant(T* out, Accum<T> value, int64_t n, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "fill_constant", return moeasr::fill_constant(out, value, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "fill_constant", { fill_constant_cuda(dev(out), device_value<T>(value), n, ctx); });
 }
 
 template <class T>
 void copy_elements(T* dst, const T* src, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::copy_elements(dst, src, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "copy_elements", { copy_elements_cuda(dst, src, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "copy_elements", return moeasr::copy_elements(dst, src, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "copy_elements", { copy_elements_cuda(dev(dst), dev(src), n, ctx); });
 }
 
 template <class T>
 void transpose_middle_forward(T* dst, const T* src, int64_t outer, int64_t rows_i, int64_t cols_j,
                               int64_t inner, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::transpose_middle_forward(dst, src, outer, rows_i, cols_j, inner, ctx);
-  MOEASR_OP_ON_CUDA(T, "transpose_middle_forward",
-                    { transpose_middle_forward_cuda(dst, src, outer, rows_i, cols_j, inner, ctx); });
+  MOEASR_OP_ON_CPU(T, "transpose_middle_forward",
+                   return moeasr::transpose_middle_forward(dst, src, outer, rows_i, cols_j, inner, ctx));
+  MOEASR_OP_ON_CUDA(T, "transpose_middle_forward", {
+    transpose_middle_forward_cuda(dev(dst), dev(src), outer, rows_i, cols_j, inner, ctx);
+  });
 }
 
 template <class T>
 void transpose_middle_backward(T* dsrc, const T* ddst, int64_t outer, int64_t rows_i, int64_t cols_j,
                                int64_t inner, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::transpose_middle_backward(dsrc, ddst, outer, rows_i, cols_j, inner, ctx);
-  MOEASR_OP_ON_CUDA(T, "transpose_middle_backward",
-                    { transpose_middle_backward_cuda(dsrc, ddst, outer, rows_i, cols_j, inner, ctx); });
+  MOEASR_OP_ON_CPU(T, "transpose_middle_backward",
+                   return moeasr::transpose_middle_backward(dsrc, ddst, outer, rows_i, cols_j, inner, ctx));
+  MOEASR_OP_ON_CUDA(T, "transpose_middle_backward", {
+    transpose_middle_backward_cuda(dev(dsrc), dev(ddst), outer, rows_i, cols_j, inner, ctx);
+  });
 }
 
 template <class T>
-void split_heads_forward(T* dst, const T* src, const T* bias, int64_t batch, int64_t steps, int64_t heads,
-                         int64_t d_k, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::split_heads_forward(dst, src, bias, batch, steps, heads, d_k, ctx);
-  MOEASR_OP_ON_CUDA(T, "split_heads_forward",
-                    { split_heads_forward_cuda(dst, src, bias, batch, steps, heads, d_k, ctx); });
+void split_heads_forward(T* dst, const T* src, const Accum<T>* bias, int64_t batch, int64_t steps,
+                         int64_t heads, int64_t d_k, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "split_heads_forward",
+                   return moeasr::split_heads_forward(dst, src, bias, batch, steps, heads, d_k, ctx));
+  MOEASR_OP_ON_CUDA(T, "split_heads_forward", {
+    split_heads_forward_cuda(dev(dst), dev(src), dev(bias), batch, steps, heads, d_k, ctx);
+  });
 }
 
 template <class T>
-void split_heads_backward(T* dsrc, T* dbias, const T* dout, int64_t batch, int64_t steps, int64_t heads,
-                          int64_t d_k, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::split_heads_backward(dsrc, dbias, dout, batch, steps, heads, d_k, ctx);
-  MOEASR_OP_ON_CUDA(T, "split_heads_backward",
-                    { split_heads_backward_cuda(dsrc, dbias, dout, batch, steps, heads, d_k, ctx); });
+void split_heads_backward(T* dsrc, Accum<T>* dbias, const T* dout, int64_t batch, int64_t steps,
+                          int64_t heads, int64_t d_k, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "split_heads_backward",
+                   return moeasr::split_heads_backward(dsrc, dbias, dout, batch, steps, heads, d_k, ctx));
+  MOEASR_OP_ON_CUDA(T, "split_heads_backward", {
+    split_heads_backward_cuda(dev(dsrc), dev(dbias), dev(dout), batch, steps, heads, d_k, ctx);
+  });
 }
 
 template <class T>
 void masked_pad_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
                              int64_t lpad, int64_t channels, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::masked_pad_rows_forward(dst, src, mask, batch, time, lpad, channels, ctx);
-  MOEASR_OP_ON_CUDA(T, "masked_pad_rows_forward",
-                    { masked_pad_rows_forward_cuda(dst, src, mask, batch, time, lpad, channels, ctx); });
+  MOEASR_OP_ON_CPU(T, "masked_pad_rows_forward",
+                   return moeasr::masked_pad_rows_forward(dst, src, mask, batch, time, lpad, channels, ctx));
+  MOEASR_OP_ON_CUDA(T, "masked_pad_rows_forward", {
+    masked_pad_rows_forward_cuda(dev(dst), dev(src), dev(mask), batch, time, lpad, channels, ctx);
+  });
 }
 
 template <class T>
 void masked_pad_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
                               int64_t lpad, int64_t channels, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::masked_pad_rows_backward(dst, src, mask, batch, time, lpad, channels, ctx);
-  MOEASR_OP_ON_CUDA(T, "masked_pad_rows_backward",
-                    { masked_pad_rows_backward_cuda(dst, src, mask, batch, time, lpad, channels, ctx); });
+  MOEASR_OP_ON_CPU(T, "masked_pad_rows_backward",
+                   return moeasr::masked_pad_rows_backward(dst, src, mask, batch, time, lpad, channels, ctx));
+  MOEASR_OP_ON_CUDA(T, "masked_pad_rows_backward", {
+    masked_pad_rows_backward_cuda(dev(dst), dev(src), dev(mask), batch, time, lpad, channels, ctx);
+  });
 }
 
 template <class T>
 void masked_crop_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
                               int64_t lpad, int64_t channels, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::masked_crop_rows_forward(dst, src, mask, batch, time, lpad, channels, ctx);
-  MOEASR_OP_ON_CUDA(T, "masked_crop_rows_forward",
-                    { masked_crop_rows_forward_cuda(dst, src, mask, batch, time, lpad, channels, ctx); });
+  MOEASR_OP_ON_CPU(T, "masked_crop_rows_forward",
+                   return moeasr::masked_crop_rows_forward(dst, src, mask, batch, time, lpad, channels, ctx));
+  MOEASR_OP_ON_CUDA(T, "masked_crop_rows_forward", {
+    masked_crop_rows_forward_cuda(dev(dst), dev(src), dev(mask), batch, time, lpad, channels, ctx);
+  });
 }
 
 template <class T>
 void masked_crop_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
                                int64_t lpad, int64_t channels, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::masked_crop_rows_backward(dst, src, mask, batch, time, lpad, channels, ctx);
-  MOEASR_OP_ON_CUDA(T, "masked_crop_rows_backward",
-                    { masked_crop_rows_backward_cuda(dst, src, mask, batch, time, lpad, channels, ctx); });
-}
-
-template <class T>
-void cmvn_normalize_forward(T* out, const T* x, const T* mean, const T* istd, int64_t rows, int64_t feat,
-                            const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::cmvn_normalize_forward(out, x, mean, istd, rows, feat, ctx);
-  MOEASR_OP_ON_CUDA(T, "cmvn_normalize_forward",
-                    { cmvn_normalize_forward_cuda(out, x, mean, istd, rows, feat, ctx); });
-}
-
-template <class T>
-void scale_add_table_forward(T* out, const T* x, const T* table, T scale, int64_t batch, int64_t time,
-                             int64_t d, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::scale_add_table_forward(out, x, table, scale, batch, time, d, ctx);
-  MOEASR_OP_ON_CUDA(T, "scale_add_table_forward",
-                    { scale_add_table_forward_cuda(out, x, table, scale, batch, time, d, ctx); });
-}
-
-template <class T>
-void scale_add_table_backward(T* dx, const T* dout, T scale, int64_t batch, int64_t time, int64_t d,
-                              const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::scale_add_table_backward(dx, dout, scale, batch, time, d, ctx);
-  MOEASR_OP_ON_CUDA(T, "scale_add_table_backward",
-                    { scale_add_table_backward_cuda(dx, dout, scale, batch, time, d, ctx); });
-}
-
-template <class T>
-void linear_forward(T* y, const T* x, const T* weight, const T* bias, int64_t n, int64_t in_features,
-                    int64_t out_features, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::linear_forward(y, x, weight, bias, n, in_features, out_features, ctx);
-  MOEASR_OP_ON_CUDA(T, "linear_forward", {
-    if (ctx.bf16_matmul) {  // y [N, O] = x [N, I] . W^T [I, O] (+ b), bf16 operands, fp32 out
-      gemm_ex_cuda<__nv_bfloat16, float>(y, nullptr, 0, bf16_copy(x, n * in_features, ctx),
-                                         bf16_copy(weight, out_features * in_features, ctx), bias,
-                                         Transpose::kNo, Transpose::kYes, n, out_features, in_features, 1.0f,
-                                         0.0f, in_features, in_features, out_features, 0, 0, 0, 1, ctx);
-    } else {
-      linear_forward_cuda(y, nullptr, 0, x, weight, bias, n, in_features, out_features, ctx);
-    }
+  MOEASR_OP_ON_CPU(
+      T, "masked_crop_rows_backward",
+      return moeasr::masked_crop_rows_backward(dst, src, mask, batch, time, lpad, channels, ctx));
+  MOEASR_OP_ON_CUDA(T, "masked_crop_rows_backward", {
+    masked_crop_rows_backward_cuda(dev(dst), dev(src), dev(mask), batch, time, lpad, channels, ctx);
   });
 }
 
 template <class T>
-void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int64_t n,
-                     int64_t in_features, int64_t out_features, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::linear_backward(dx, dweight, dbias, dy, x, weight, n, in_features, out_features, ctx);
-  MOEASR_OP_ON_CUDA(T, "linear_backward", {
-    if (ctx.bf16_matmul) {
-      const __nv_bfloat16* dy16 = bf16_copy(dy, n * out_features, ctx);
-      if (dx != nullptr) {  // dx [N, I] = dy [N, O] . W [O, I]
-        gemm_ex_cuda<__nv_bfloat16, float>(
-            dx, nullptr, 0, dy16, bf16_copy(weight, out_features * in_features, ctx),
-            static_cast<const float*>(nullptr), Transpose::kNo, Transpose::kNo, n, in_features, out_features,
-            1.0f, 0.0f, out_features, in_features, in_features, 0, 0, 0, 1, ctx);
-      }
-      if (dweight != nullptr) {  // dW [O, I] += dy^T [O, N] . x [N, I]
-        gemm_ex_cuda<__nv_bfloat16, float>(dweight, nullptr, 0, dy16, bf16_copy(x, n * in_features, ctx),
-                                           static_cast<const float*>(nullptr), Transpose::kYes,
-                                           Transpose::kNo, out_features, in_features, n, 1.0f, 1.0f,
-                                           out_features, in_features, in_features, 0, 0, 0, 1, ctx);
-      }
-      if (dbias != nullptr) {  // column sums of the fp32 dy (the fp32 op with only dbias asked for)
-        linear_backward_cuda(static_cast<float*>(nullptr), static_cast<float*>(nullptr), dbias, nullptr, 0,
-                             dy, x, weight, n, in_features, out_features, ctx);
-      }
-    } else {
-      linear_backward_cuda(dx, dweight, dbias, nullptr, 0, dy, x, weight, n, in_features, out_features, ctx);
+void cmvn_normalize_forward(T* out, const T* x, const Accum<T>* mean, const Accum<T>* istd, int64_t rows,
+                            int64_t feat, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "cmvn_normalize_forward",
+                   return moeasr::cmvn_normalize_forward(out, x, mean, istd, rows, feat, ctx));
+  MOEASR_OP_ON_CUDA(T, "cmvn_normalize_forward", {
+    cmvn_normalize_forward_cuda(dev(out), dev(x), dev(mean), dev(istd), rows, feat, ctx);
+  });
+}
+
+template <class T>
+void scale_add_table_forward(T* out, const T* x, const Accum<T>* table, Accum<T> scale, int64_t batch,
+                             int64_t time, int64_t d, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "scale_add_table_forward",
+                   return moeasr::scale_add_table_forward(out, x, table, scale, batch, time, d, ctx));
+  MOEASR_OP_ON_CUDA(T, "scale_add_table_forward", {
+    scale_add_table_forward_cuda(dev(out), dev(x), dev(table), scale, batch, time, d, ctx);
+  });
+}
+
+template <class T>
+void scale_add_table_backward(T* dx, const T* dout, Accum<T> scale, int64_t batch, int64_t time, int64_t d,
+                              const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "scale_add_table_backward",
+                   return moeasr::scale_add_table_backward(dx, dout, scale, batch, time, d, ctx));
+  MOEASR_OP_ON_CUDA(T, "scale_add_table_backward",
+                    { scale_add_table_backward_cuda(dev(dx), dev(dout), scale, batch, time, d, ctx); });
+}
+
+template <class To, class From>
+void convert_elements(To* dst, const From* src, int64_t n, const RunContext& ctx) {
+  CHECK_GE(n, 0);
+  if constexpr (std::is_same_v<To, From>) {
+    op::copy_elements(dst, src, n, ctx);
+  } else {
+    if (ctx.device == Device::cpu) {
+      for (int64_t i = 0; i < n; ++i) dst[i] = To(static_cast<float>(src[i]));
+      return;
     }
+    MOEASR_OP_ON_CUDA(float, "convert_elements", {
+      if constexpr (std::is_same_v<To, bf16>) {
+        cast_f32_to_bf16_cuda(dev(dst), src, n, ctx);
+      } else {
+        cast_bf16_to_f32_cuda(dst, dev(src), n, ctx);
+      }
+    });
+  }
+}
+
+template void convert_elements<float, bf16>(float*, const bf16*, int64_t, const RunContext&);
+template void convert_elements<bf16, float>(bf16*, const float*, int64_t, const RunContext&);
+template void convert_elements<float, float>(float*, const float*, int64_t, const RunContext&);
+template void convert_elements<double, double>(double*, const double*, int64_t, const RunContext&);
+
+template <class T>
+void linear_forward(T* y, const T* x, const T* weight, const T* bias, int64_t n, int64_t in_features,
+                    int64_t out_features, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "linear_forward",
+                   return moeasr::linear_forward(y, x, weight, bias, n, in_features, out_features, ctx));
+  MOEASR_OP_ON_CUDA(T, "linear_forward", {
+    if constexpr (std::is_same_v<T, float>) {
+      if (ctx.bf16_matmul) {  // y [N, O] = x [N, I] . W^T [I, O] (+ b), bf16 operands, fp32 out
+        gemm_ex_cuda<__nv_bfloat16, float>(
+            y, nullptr, 0, bf16_copy(x, n * in_features, ctx),
+            bf16_copy(weight, out_features * in_features, ctx), bias, Transpose::kNo, Transpose::kYes, n,
+            out_features, in_features, 1.0f, 0.0f, in_features, in_features, out_features, 0, 0, 0, 1, ctx);
+        return;
+      }
+    }
+    linear_forward_cuda(dev(y), nullptr, 0, dev(x), dev(weight), dev(bias), n, in_features, out_features,
+                        ctx);
+  });
+}
+
+template <class T>
+void linear_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x, const T* weight,
+                     int64_t n, int64_t in_features, int64_t out_features, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(
+      T, "linear_backward",
+      return moeasr::linear_backward(dx, dweight, dbias, dy, x, weight, n, in_features, out_features, ctx));
+  MOEASR_OP_ON_CUDA(T, "linear_backward", {
+    if constexpr (std::is_same_v<T, float>) {
+      if (ctx.bf16_matmul) {
+        const __nv_bfloat16* dy16 = bf16_copy(dy, n * out_features, ctx);
+        if (dx != nullptr) {  // dx [N, I] = dy [N, O] . W [O, I]
+          gemm_ex_cuda<__nv_bfloat16, float>(
+              dx, nullptr, 0, dy16, bf16_copy(weight, out_features * in_features, ctx),
+              static_cast<const float*>(nullptr), Transpose::kNo, Transpose::kNo, n, in_features,
+              out_features, 1.0f, 0.0f, out_features, in_features, in_features, 0, 0, 0, 1, ctx);
+        }
+        if (dweight != nullptr) {  // dW [O, I] += dy^T [O, N] . x [N, I]
+          gemm_ex_cuda<__nv_bfloat16, float>(dweight, nullptr, 0, dy16, bf16_copy(x, n * in_features, ctx),
+                                             static_cast<const float*>(nullptr), Transpose::kYes,
+                                             Transpose::kNo, out_features, in_features, n, 1.0f, 1.0f,
+                                             out_features, in_features, in_features, 0, 0, 0, 1, ctx);
+        }
+        if (dbias != nullptr) {  // column sums of the fp32 dy (the fp32 op with only dbias asked for)
+          linear_backward_cuda(static_cast<float*>(nullptr), static_cast<float*>(nullptr), dbias, nullptr, 0,
+                               dy, x, weight, n, in_features, out_features, ctx);
+        }
+        return;
+      }
+    }
+    linear_backward_cuda(dev(dx), dev(dweight), dev(dbias), nullptr, 0, dev(dy), dev(x), dev(weight), n,
+                         in_features, out_features, ctx);
   });
 }
 
@@ -357,243 +445,269 @@ template <class T>
 void grouped_linear_forward(T* y, const T* x, const T* weight, const T* bias, const int64_t* expert_offsets,
                             int64_t m_max, int64_t n_experts, int64_t in_features, int64_t out_features,
                             const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::grouped_linear_forward(y, x, weight, bias, expert_offsets, m_max, n_experts, in_features,
-                                          out_features, ctx);
+  MOEASR_OP_ON_CPU(T, "grouped_linear_forward",
+                   return moeasr::grouped_linear_forward(y, x, weight, bias, expert_offsets, m_max, n_experts,
+                                                         in_features, out_features, ctx));
   MOEASR_OP_ON_CUDA(T, "grouped_linear_forward", {
-    if (ctx.bf16_matmul) {  // the bf16 grouped GEMM (tensor cores) writes bf16; widened back to fp32
-      __nv_bfloat16* y16 = bf16_buffer(m_max * out_features, ctx);
-      grouped_gemm_forward_cuda(y16, bf16_copy(x, m_max * in_features, ctx),
-                                bf16_copy(weight, n_experts * out_features * in_features, ctx),
-                                bias != nullptr ? bf16_copy(bias, n_experts * out_features, ctx) : nullptr,
-                                expert_offsets, m_max, n_experts, in_features, out_features, ctx);
-      to_f32(y, y16, m_max * out_features, ctx);
-    } else {
-      grouped_gemm_forward_cuda(y, x, weight, bias, expert_offsets, m_max, n_experts, in_features,
-                                out_features, ctx);
+    if constexpr (std::is_same_v<T, float>) {
+      if (ctx.bf16_matmul) {  // the bf16 grouped GEMM (tensor cores) writes bf16; widened back to fp32
+        __nv_bfloat16* y16 = bf16_buffer(m_max * out_features, ctx);
+        grouped_gemm_forward_cuda(y16, bf16_copy(x, m_max * in_features, ctx),
+                                  bf16_copy(weight, n_experts * out_features * in_features, ctx),
+                                  bias != nullptr ? bf16_copy(bias, n_experts * out_features, ctx) : nullptr,
+                                  expert_offsets, m_max, n_experts, in_features, out_features, ctx);
+        to_f32(y, y16, m_max * out_features, ctx);
+        return;
+      }
     }
+    grouped_gemm_forward_cuda(dev(y), dev(x), dev(weight), dev(bias), dev(expert_offsets), m_max, n_experts,
+                              in_features, out_features, ctx);
   });
 }
 
 template <class T>
-void grouped_linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
-                             const int64_t* expert_offsets, int64_t m_max, int64_t n_experts,
+void grouped_linear_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
+                             const T* weight, const int64_t* expert_offsets, int64_t m_max, int64_t n_experts,
                              int64_t in_features, int64_t out_features, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::grouped_linear_backward(dx, dweight, dbias, dy, x, weight, expert_offsets, m_max,
-                                           n_experts, in_features, out_features, ctx);
+  MOEASR_OP_ON_CPU(T, "grouped_linear_backward",
+                   return moeasr::grouped_linear_backward(dx, dweight, dbias, dy, x, weight, expert_offsets,
+                                                          m_max, n_experts, in_features, out_features, ctx));
   MOEASR_OP_ON_CUDA(T, "grouped_linear_backward", {
-    if (ctx.bf16_matmul) {  // bf16 operands; dW, db accumulate in fp32; dx widened back to fp32
-      __nv_bfloat16* dx16 = dx != nullptr ? bf16_buffer(m_max * in_features, ctx) : nullptr;
-      grouped_gemm_backward_cuda(dx16, dweight, dbias, bf16_copy(dy, m_max * out_features, ctx),
-                                 bf16_copy(x, m_max * in_features, ctx),
-                                 bf16_copy(weight, n_experts * out_features * in_features, ctx),
-                                 expert_offsets, m_max, n_experts, in_features, out_features, ctx);
-      to_f32(dx, dx16, m_max * in_features, ctx);
-    } else {
-      grouped_gemm_backward_cuda(dx, dweight, dbias, dy, x, weight, expert_offsets, m_max, n_experts,
-                                 in_features, out_features, ctx);
+    if constexpr (std::is_same_v<T, float>) {
+      if (ctx.bf16_matmul) {  // bf16 operands; dW, db accumulate in fp32; dx widened back to fp32
+        __nv_bfloat16* dx16 = dx != nullptr ? bf16_buffer(m_max * in_features, ctx) : nullptr;
+        grouped_gemm_backward_cuda(dx16, dweight, dbias, bf16_copy(dy, m_max * out_features, ctx),
+                                   bf16_copy(x, m_max * in_features, ctx),
+                                   bf16_copy(weight, n_experts * out_features * in_features, ctx),
+                                   expert_offsets, m_max, n_experts, in_features, out_features, ctx);
+        to_f32(dx, dx16, m_max * in_features, ctx);
+        return;
+      }
     }
+    grouped_gemm_backward_cuda(dev(dx), dev(dweight), dev(dbias), dev(dy), dev(x), dev(weight),
+                               dev(expert_offsets), m_max, n_experts, in_features, out_features, ctx);
   });
 }
 
 template <class T>
 void gemm_strided_batched(T* c, const T* a, const T* b, Transpose trans_a, Transpose trans_b, int64_t m,
-                          int64_t n, int64_t k, T alpha, T beta, int64_t lda, int64_t ldb, int64_t ldc,
-                          int64_t stride_a, int64_t stride_b, int64_t stride_c, int64_t batch,
+                          int64_t n, int64_t k, Accum<T> alpha, Accum<T> beta, int64_t lda, int64_t ldb,
+                          int64_t ldc, int64_t stride_a, int64_t stride_b, int64_t stride_c, int64_t batch,
                           const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::gemm_strided_batched(c, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc,
-                                        stride_a, stride_b, stride_c, batch, ctx);
+  MOEASR_OP_ON_CPU(T, "gemm_strided_batched",
+                   return moeasr::gemm_strided_batched(c, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda,
+                                                       ldb, ldc, stride_a, stride_b, stride_c, batch, ctx));
   MOEASR_OP_ON_CUDA(T, "gemm_strided_batched", {
-    if (ctx.bf16_matmul) {  // bf16 copies of the spans A and B cover (same layout), fp32 C and beta
-      const int64_t a_rows = trans_a == Transpose::kNo ? m : k, a_cols = trans_a == Transpose::kNo ? k : m;
-      const int64_t b_rows = trans_b == Transpose::kNo ? k : n, b_cols = trans_b == Transpose::kNo ? n : k;
-      gemm_ex_cuda<__nv_bfloat16, float>(
-          c, nullptr, 0, bf16_copy(a, operand_extent(a_rows, a_cols, lda, stride_a, batch), ctx),
-          bf16_copy(b, operand_extent(b_rows, b_cols, ldb, stride_b, batch), ctx),
-          static_cast<const float*>(nullptr), trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc, stride_a,
-          stride_b, stride_c, batch, ctx);
-    } else {
-      gemm_strided_batched_cuda(c, nullptr, 0, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc,
-                                stride_a, stride_b, stride_c, batch, ctx);
+    if constexpr (std::is_same_v<T, float>) {
+      if (ctx.bf16_matmul) {  // bf16 copies of the spans A and B cover (same layout), fp32 C and beta
+        const int64_t a_rows = trans_a == Transpose::kNo ? m : k, a_cols = trans_a == Transpose::kNo ? k : m;
+        const int64_t b_rows = trans_b == Transpose::kNo ? k : n, b_cols = trans_b == Transpose::kNo ? n : k;
+        gemm_ex_cuda<__nv_bfloat16, float>(
+            c, nullptr, 0, bf16_copy(a, operand_extent(a_rows, a_cols, lda, stride_a, batch), ctx),
+            bf16_copy(b, operand_extent(b_rows, b_cols, ldb, stride_b, batch), ctx),
+            static_cast<const float*>(nullptr), trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc,
+            stride_a, stride_b, stride_c, batch, ctx);
+        return;
+      }
     }
+    gemm_strided_batched_cuda(dev(c), nullptr, 0, dev(a), dev(b), trans_a, trans_b, m, n, k, alpha, beta, lda,
+                              ldb, ldc, stride_a, stride_b, stride_c, batch, ctx);
   });
 }
 
 template <class T>
 void batched_matmul_forward(T* out, const T* a, const T* b, Transpose trans_b, int64_t groups, int64_t m,
                             int64_t n, int64_t k, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::batched_matmul_forward(out, a, b, trans_b, groups, m, n, k, ctx);
+  MOEASR_OP_ON_CPU(T, "batched_matmul_forward",
+                   return moeasr::batched_matmul_forward(out, a, b, trans_b, groups, m, n, k, ctx));
   MOEASR_OP_ON_CUDA(T, "batched_matmul_forward", {
-    if (ctx.bf16_matmul) {
-      __nv_bfloat16* out16 = bf16_buffer(groups * m * n, ctx);
-      batched_matmul_forward_cuda(out16, nullptr, 0, bf16_copy(a, groups * m * k, ctx),
-                                  bf16_copy(b, groups * k * n, ctx), trans_b, groups, m, n, k, ctx);
-      to_f32(out, out16, groups * m * n, ctx);
-    } else {
-      batched_matmul_forward_cuda(out, nullptr, 0, a, b, trans_b, groups, m, n, k, ctx);
+    if constexpr (std::is_same_v<T, float>) {
+      if (ctx.bf16_matmul) {
+        __nv_bfloat16* out16 = bf16_buffer(groups * m * n, ctx);
+        batched_matmul_forward_cuda(out16, nullptr, 0, bf16_copy(a, groups * m * k, ctx),
+                                    bf16_copy(b, groups * k * n, ctx), trans_b, groups, m, n, k, ctx);
+        to_f32(out, out16, groups * m * n, ctx);
+        return;
+      }
     }
+    batched_matmul_forward_cuda(dev(out), nullptr, 0, dev(a), dev(b), trans_b, groups, m, n, k, ctx);
   });
 }
 
 template <class T>
 void batched_matmul_backward(T* da, T* db, const T* dout, const T* a, const T* b, Transpose trans_b,
                              int64_t groups, int64_t m, int64_t n, int64_t k, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::batched_matmul_backward(da, db, dout, a, b, trans_b, groups, m, n, k, ctx);
+  MOEASR_OP_ON_CPU(T, "batched_matmul_backward",
+                   return moeasr::batched_matmul_backward(da, db, dout, a, b, trans_b, groups, m, n, k, ctx));
   MOEASR_OP_ON_CUDA(T, "batched_matmul_backward", {
-    if (ctx.bf16_matmul) {
-      __nv_bfloat16* da16 = da != nullptr ? bf16_buffer(groups * m * k, ctx) : nullptr;
-      __nv_bfloat16* db16 = db != nullptr ? bf16_buffer(groups * k * n, ctx) : nullptr;
-      batched_matmul_backward_cuda(da16, db16, nullptr, 0, bf16_copy(dout, groups * m * n, ctx),
-                                   bf16_copy(a, groups * m * k, ctx), bf16_copy(b, groups * k * n, ctx),
-                                   trans_b, groups, m, n, k, ctx);
-      to_f32(da, da16, groups * m * k, ctx);
-      to_f32(db, db16, groups * k * n, ctx);
-    } else {
-      batched_matmul_backward_cuda(da, db, nullptr, 0, dout, a, b, trans_b, groups, m, n, k, ctx);
+    if constexpr (std::is_same_v<T, float>) {
+      if (ctx.bf16_matmul) {
+        __nv_bfloat16* da16 = da != nullptr ? bf16_buffer(groups * m * k, ctx) : nullptr;
+        __nv_bfloat16* db16 = db != nullptr ? bf16_buffer(groups * k * n, ctx) : nullptr;
+        batched_matmul_backward_cuda(da16, db16, nullptr, 0, bf16_copy(dout, groups * m * n, ctx),
+                                     bf16_copy(a, groups * m * k, ctx), bf16_copy(b, groups * k * n, ctx),
+                                     trans_b, groups, m, n, k, ctx);
+        to_f32(da, da16, groups * m * k, ctx);
+        to_f32(db, db16, groups * k * n, ctx);
+        return;
+      }
     }
+    batched_matmul_backward_cuda(dev(da), dev(db), nullptr, 0, dev(dout), dev(a), dev(b), trans_b, groups, m,
+                                 n, k, ctx);
   });
 }
 
 template <class T>
 void softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_t cols,
                      const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::softmax_forward(y, x, mask, rows, cols, ctx);
-  MOEASR_OP_ON_CUDA(T, "softmax_forward", { softmax_forward_cuda(y, x, mask, rows, cols, ctx); });
+  MOEASR_OP_ON_CPU(T, "softmax_forward", return moeasr::softmax_forward(y, x, mask, rows, cols, ctx));
+  MOEASR_OP_ON_CUDA(T, "softmax_forward",
+                    { softmax_forward_cuda(dev(y), dev(x), dev(mask), rows, cols, ctx); });
 }
 
 template <class T>
 void softmax_backward(T* dx, const T* dy, const T* y, int64_t rows, int64_t cols, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::softmax_backward(dx, dy, y, rows, cols, ctx);
-  MOEASR_OP_ON_CUDA(T, "softmax_backward", { softmax_backward_cuda(dx, dy, y, rows, cols, ctx); });
+  MOEASR_OP_ON_CPU(T, "softmax_backward", return moeasr::softmax_backward(dx, dy, y, rows, cols, ctx));
+  MOEASR_OP_ON_CUDA(T, "softmax_backward",
+                    { softmax_backward_cuda(dev(dx), dev(dy), dev(y), rows, cols, ctx); });
 }
 
 template <class T>
 void log_softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_t cols,
                          const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::log_softmax_forward(y, x, mask, rows, cols, ctx);
-  MOEASR_OP_ON_CUDA(T, "log_softmax_forward", { log_softmax_forward_cuda(y, x, mask, rows, cols, ctx); });
+  MOEASR_OP_ON_CPU(T, "log_softmax_forward", return moeasr::log_softmax_forward(y, x, mask, rows, cols, ctx));
+  MOEASR_OP_ON_CUDA(T, "log_softmax_forward",
+                    { log_softmax_forward_cuda(dev(y), dev(x), dev(mask), rows, cols, ctx); });
 }
 
 template <class T>
 void log_softmax_backward(T* dx, const T* dy, const T* y, const uint8_t* mask, int64_t rows, int64_t cols,
                           const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::log_softmax_backward(dx, dy, y, mask, rows, cols, ctx);
+  MOEASR_OP_ON_CPU(T, "log_softmax_backward",
+                   return moeasr::log_softmax_backward(dx, dy, y, mask, rows, cols, ctx));
   MOEASR_OP_ON_CUDA(T, "log_softmax_backward",
-                    { log_softmax_backward_cuda(dx, dy, y, mask, rows, cols, ctx); });
+                    { log_softmax_backward_cuda(dev(dx), dev(dy), dev(y), dev(mask), rows, cols, ctx); });
 }
 
 template <class T>
 void attention_softmax_forward(T* probs, const T* scores, const uint8_t* mask, int64_t batch, int64_t heads,
                                int64_t queries, int64_t keys, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::attention_softmax_forward(probs, scores, mask, batch, heads, queries, keys, ctx);
+  MOEASR_OP_ON_CPU(
+      T, "attention_softmax_forward",
+      return moeasr::attention_softmax_forward(probs, scores, mask, batch, heads, queries, keys, ctx));
   MOEASR_OP_ON_CUDA(T, "attention_softmax_forward", {
-    attention_softmax_forward_cuda(probs, scores, mask, batch, heads, queries, keys, ctx);
+    attention_softmax_forward_cuda(dev(probs), dev(scores), dev(mask), batch, heads, queries, keys, ctx);
   });
 }
 
 template <class T>
 void attention_softmax_backward(T* dscores, const T* dprobs, const T* probs, int64_t batch, int64_t heads,
                                 int64_t queries, int64_t keys, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::attention_softmax_backward(dscores, dprobs, probs, batch, heads, queries, keys, ctx);
+  MOEASR_OP_ON_CPU(
+      T, "attention_softmax_backward",
+      return moeasr::attention_softmax_backward(dscores, dprobs, probs, batch, heads, queries, keys, ctx));
   MOEASR_OP_ON_CUDA(T, "attention_softmax_backward", {
-    attention_softmax_backward_cuda(dscores, dprobs, probs, batch, heads, queries, keys, ctx);
+    attention_softmax_backward_cuda(dev(dscores), dev(dprobs), dev(probs), batch, heads, queries, keys, ctx);
   });
 }
 
 template <class T>
 void dropout_forward(T* y, const T* x, const PhiloxStream& stream, double p, int64_t n,
                      const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::dropout_forward(y, x, stream, p, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "dropout_forward", { dropout_forward_cuda(y, x, stream, p, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "dropout_forward", return moeasr::dropout_forward(y, x, stream, p, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "dropout_forward", { dropout_forward_cuda(dev(y), dev(x), stream, p, n, ctx); });
 }
 
 template <class T>
 void dropout_backward(T* dx, const T* dy, const PhiloxStream& stream, double p, int64_t n,
                       const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::dropout_backward(dx, dy, stream, p, n, ctx);
-  MOEASR_OP_ON_CUDA(T, "dropout_backward", { dropout_backward_cuda(dx, dy, stream, p, n, ctx); });
+  MOEASR_OP_ON_CPU(T, "dropout_backward", return moeasr::dropout_backward(dx, dy, stream, p, n, ctx));
+  MOEASR_OP_ON_CUDA(T, "dropout_backward", { dropout_backward_cuda(dev(dx), dev(dy), stream, p, n, ctx); });
 }
 
 template <class T>
-void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias, T eps,
-                        int64_t n, int64_t c, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::layer_norm_forward(out, mean, rstd, x, weight, bias, eps, n, c, ctx);
-  MOEASR_OP_ON_CUDA(T, "layer_norm_forward",
-                    { layer_norm_forward_cuda(out, mean, rstd, x, weight, bias, eps, n, c, ctx); });
+void layer_norm_forward(T* out, Accum<T>* mean, Accum<T>* rstd, const T* x, const Accum<T>* weight,
+                        const Accum<T>* bias, Accum<T> eps, int64_t n, int64_t c, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "layer_norm_forward",
+                   return moeasr::layer_norm_forward(out, mean, rstd, x, weight, bias, eps, n, c, ctx));
+  MOEASR_OP_ON_CUDA(T, "layer_norm_forward", {
+    layer_norm_forward_cuda(dev(out), dev(mean), dev(rstd), dev(x), dev(weight), dev(bias), eps, n, c, ctx);
+  });
 }
 
 template <class T>
-void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* mean, const T* rstd,
-                         const T* weight, int64_t n, int64_t c, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::layer_norm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, n, c, ctx);
+void layer_norm_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dout, const T* x,
+                         const Accum<T>* mean, const Accum<T>* rstd, const Accum<T>* weight, int64_t n,
+                         int64_t c, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(
+      T, "layer_norm_backward",
+      return moeasr::layer_norm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, n, c, ctx));
   MOEASR_OP_ON_CUDA(T, "layer_norm_backward", {
     const size_t workspace_bytes = layer_norm_workspace_bytes(n, c);
     void* workspace = device_scratch(ctx, workspace_bytes);
-    layer_norm_backward_cuda(dx, dweight, dbias, dout, x, mean, rstd, weight, n, c, workspace,
-                             workspace_bytes, ctx);
+    layer_norm_backward_cuda(dev(dx), dev(dweight), dev(dbias), dev(dout), dev(x), dev(mean), dev(rstd),
+                             dev(weight), n, c, workspace, workspace_bytes, ctx);
   });
 }
 
 template <class T>
-void batch_norm_train_forward(T* out, T* save_mean, T* save_rstd, T* running_mean, T* running_var, const T* x,
-                              const T* weight, const T* bias, T momentum, T eps, int64_t n, int64_t c,
-                              const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::batch_norm_train_forward(out, save_mean, save_rstd, running_mean, running_var, x, weight,
-                                            bias, momentum, eps, n, c, ctx);
+void batch_norm_train_forward(T* out, Accum<T>* save_mean, Accum<T>* save_rstd, Accum<T>* running_mean,
+                              Accum<T>* running_var, const T* x, const Accum<T>* weight, const Accum<T>* bias,
+                              Accum<T> momentum, Accum<T> eps, int64_t n, int64_t c, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(
+      T, "batch_norm_train_forward",
+      return moeasr::batch_norm_train_forward(out, save_mean, save_rstd, running_mean, running_var, x, weight,
+                                              bias, momentum, eps, n, c, ctx));
   MOEASR_OP_ON_CUDA(T, "batch_norm_train_forward", {
     const size_t workspace_bytes = batch_norm_workspace_bytes(n, c);
     void* workspace = device_scratch(ctx, workspace_bytes);
-    batch_norm_train_forward_cuda(out, save_mean, save_rstd, running_mean, running_var, x, weight, bias,
-                                  momentum, eps, n, c, workspace, workspace_bytes, ctx);
+    batch_norm_train_forward_cuda(dev(out), dev(save_mean), dev(save_rstd), dev(running_mean),
+                                  dev(running_var), dev(x), dev(weight), dev(bias), momentum, eps, n, c,
+                                  workspace, workspace_bytes, ctx);
   });
 }
 
 template <class T>
-void batch_norm_train_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* save_mean,
-                               const T* save_rstd, const T* weight, int64_t n, int64_t c,
-                               const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::batch_norm_train_backward(dx, dweight, dbias, dout, x, save_mean, save_rstd, weight, n, c,
-                                             ctx);
+void batch_norm_train_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dout, const T* x,
+                               const Accum<T>* save_mean, const Accum<T>* save_rstd, const Accum<T>* weight,
+                               int64_t n, int64_t c, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "batch_norm_train_backward",
+                   return moeasr::batch_norm_train_backward(dx, dweight, dbias, dout, x, save_mean, save_rstd,
+                                                            weight, n, c, ctx));
   MOEASR_OP_ON_CUDA(T, "batch_norm_train_backward", {
     const size_t workspace_bytes = batch_norm_workspace_bytes(n, c);
     void* workspace = device_scratch(ctx, workspace_bytes);
-    batch_norm_train_backward_cuda(dx, dweight, dbias, dout, x, save_mean, save_rstd, weight, n, c, workspace,
-                                   workspace_bytes, ctx);
+    batch_norm_train_backward_cuda(dev(dx), dev(dweight), dev(dbias), dev(dout), dev(x), dev(save_mean),
+                                   dev(save_rstd), dev(weight), n, c, workspace, workspace_bytes, ctx);
   });
 }
 
 template <class T>
-void batch_norm_eval_forward(T* out, const T* x, const T* running_mean, const T* running_var, const T* weight,
-                             const T* bias, T eps, int64_t n, int64_t c, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::batch_norm_eval_forward(out, x, running_mean, running_var, weight, bias, eps, n, c, ctx);
+void batch_norm_eval_forward(T* out, const T* x, const Accum<T>* running_mean, const Accum<T>* running_var,
+                             const Accum<T>* weight, const Accum<T>* bias, Accum<T> eps, int64_t n, int64_t c,
+                             const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "batch_norm_eval_forward",
+                   return moeasr::batch_norm_eval_forward(out, x, running_mean, running_var, weight, bias,
+                                                          eps, n, c, ctx));
   MOEASR_OP_ON_CUDA(T, "batch_norm_eval_forward", {
-    batch_norm_eval_forward_cuda(out, x, running_mean, running_var, weight, bias, eps, n, c, ctx);
+    batch_norm_eval_forward_cuda(dev(out), dev(x), dev(running_mean), dev(running_var), dev(weight),
+                                 dev(bias), eps, n, c, ctx);
   });
 }
 
 template <class T>
-void batch_norm_eval_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* running_mean,
-                              const T* running_var, const T* weight, T eps, int64_t n, int64_t c,
+void batch_norm_eval_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dout, const T* x,
+                              const Accum<T>* running_mean, const Accum<T>* running_var,
+                              const Accum<T>* weight, Accum<T> eps, int64_t n, int64_t c,
                               const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::batch_norm_eval_backward(dx, dweight, dbias, dout, x, running_mean, running_var, weight,
-                                            eps, n, c, ctx);
+  MOEASR_OP_ON_CPU(T, "batch_norm_eval_backward",
+                   return moeasr::batch_norm_eval_backward(dx, dweight, dbias, dout, x, running_mean,
+                                                           running_var, weight, eps, n, c, ctx));
   MOEASR_OP_ON_CUDA(T, "batch_norm_eval_backward", {
     const size_t workspace_bytes = batch_norm_workspace_bytes(n, c);
     void* workspace = device_scratch(ctx, workspace_bytes);
-    batch_norm_eval_backward_cuda(dx, dweight, dbias, dout, x, running_mean, running_var, weight, eps, n, c,
-                                  workspace, workspace_bytes, ctx);
+    batch_norm_eval_backward_cuda(dev(dx), dev(dweight), dev(dbias), dev(dout), dev(x), dev(running_mean),
+                                  dev(running_var), dev(weight), eps, n, c, workspace, workspace_bytes, ctx);
   });
 }
 
@@ -601,33 +715,34 @@ template <class T>
 void conv2d_3x3s2_forward(T* y, const T* x, const T* weight, const T* bias, int64_t batch,
                           int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
                           const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::conv2d_3x3s2_forward(
-        y, host_scratch<T>(ctx, conv2d_3x3s2_workspace_elems(in_channels, height, width)), x, weight, bias,
-        batch, in_channels, out_channels, height, width, ctx);
+  MOEASR_OP_ON_CPU(T, "conv2d_3x3s2_forward",
+                   return moeasr::conv2d_3x3s2_forward(
+                       y, host_scratch<T>(ctx, conv2d_3x3s2_workspace_elems(in_channels, height, width)), x,
+                       weight, bias, batch, in_channels, out_channels, height, width, ctx));
   MOEASR_OP_ON_CUDA(T, "conv2d_3x3s2_forward", {
     const size_t workspace_bytes =
-        conv2d_3x3s2_cuda_workspace_bytes<T>(batch, in_channels, out_channels, height, width, ctx);
+        conv2d_3x3s2_cuda_workspace_bytes<DeviceT<T>>(batch, in_channels, out_channels, height, width, ctx);
     void* workspace = device_scratch(ctx, workspace_bytes);
-    conv2d_3x3s2_forward_cuda(y, workspace, workspace_bytes, x, weight, bias, batch, in_channels,
-                              out_channels, height, width, ctx);
+    conv2d_3x3s2_forward_cuda(dev(y), workspace, workspace_bytes, dev(x), dev(weight), dev(bias), batch,
+                              in_channels, out_channels, height, width, ctx);
   });
 }
 
 template <class T>
-void conv2d_3x3s2_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
-                           int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
-                           int64_t width, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::conv2d_3x3s2_backward(
-        dx, dweight, dbias, host_scratch<T>(ctx, conv2d_3x3s2_workspace_elems(in_channels, height, width)),
-        dy, x, weight, batch, in_channels, out_channels, height, width, ctx);
+void conv2d_3x3s2_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
+                           const T* weight, int64_t batch, int64_t in_channels, int64_t out_channels,
+                           int64_t height, int64_t width, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(
+      T, "conv2d_3x3s2_backward",
+      return moeasr::conv2d_3x3s2_backward(
+          dx, dweight, dbias, host_scratch<T>(ctx, conv2d_3x3s2_workspace_elems(in_channels, height, width)),
+          dy, x, weight, batch, in_channels, out_channels, height, width, ctx));
   MOEASR_OP_ON_CUDA(T, "conv2d_3x3s2_backward", {
     const size_t workspace_bytes =
-        conv2d_3x3s2_cuda_workspace_bytes<T>(batch, in_channels, out_channels, height, width, ctx);
+        conv2d_3x3s2_cuda_workspace_bytes<DeviceT<T>>(batch, in_channels, out_channels, height, width, ctx);
     void* workspace = device_scratch(ctx, workspace_bytes);
-    conv2d_3x3s2_backward_cuda(dx, dweight, dbias, workspace, workspace_bytes, dy, x, weight, batch,
-                               in_channels, out_channels, height, width, ctx);
+    conv2d_3x3s2_backward_cuda(dev(dx), dev(dweight), dev(dbias), workspace, workspace_bytes, dev(dy), dev(x),
+                               dev(weight), batch, in_channels, out_channels, height, width, ctx);
   });
 }
 
@@ -635,40 +750,44 @@ template <class T>
 void depthwise_conv1d_forward(T* y, const T* x, const T* weight, const T* bias, Conv1dPadding padding,
                               int64_t batch, int64_t time, int64_t channels, int64_t kernel_size,
                               const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::depthwise_conv1d_forward(y, x, weight, bias, padding, batch, time, channels, kernel_size,
-                                            ctx);
+  MOEASR_OP_ON_CPU(T, "depthwise_conv1d_forward",
+                   return moeasr::depthwise_conv1d_forward(y, x, weight, bias, padding, batch, time, channels,
+                                                           kernel_size, ctx));
   MOEASR_OP_ON_CUDA(T, "depthwise_conv1d_forward", {
-    depthwise_conv1d_forward_cuda(y, x, weight, bias, padding, batch, time, channels, kernel_size, ctx);
+    depthwise_conv1d_forward_cuda(dev(y), dev(x), dev(weight), dev(bias), padding, batch, time, channels,
+                                  kernel_size, ctx);
   });
 }
 
 template <class T>
-void depthwise_conv1d_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
-                               Conv1dPadding padding, int64_t batch, int64_t time, int64_t channels,
-                               int64_t kernel_size, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::depthwise_conv1d_backward(dx, dweight, dbias, dy, x, weight, padding, batch, time,
-                                             channels, kernel_size, ctx);
+void depthwise_conv1d_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
+                               const T* weight, Conv1dPadding padding, int64_t batch, int64_t time,
+                               int64_t channels, int64_t kernel_size, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "depthwise_conv1d_backward",
+                   return moeasr::depthwise_conv1d_backward(dx, dweight, dbias, dy, x, weight, padding, batch,
+                                                            time, channels, kernel_size, ctx));
   MOEASR_OP_ON_CUDA(T, "depthwise_conv1d_backward", {
-    depthwise_conv1d_backward_cuda(dx, dweight, dbias, dy, x, weight, padding, batch, time, channels,
-                                   kernel_size, ctx);
+    depthwise_conv1d_backward_cuda(dev(dx), dev(dweight), dev(dbias), dev(dy), dev(x), dev(weight), padding,
+                                   batch, time, channels, kernel_size, ctx);
   });
 }
 
 template <class T>
 void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t n, int64_t vocab, int64_t dim,
                        const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::embedding_forward(out, ids, table, n, vocab, dim, ctx);
-  MOEASR_OP_ON_CUDA(T, "embedding_forward", { embedding_forward_cuda(out, ids, table, n, vocab, dim, ctx); });
+  MOEASR_OP_ON_CPU(T, "embedding_forward",
+                   return moeasr::embedding_forward(out, ids, table, n, vocab, dim, ctx));
+  MOEASR_OP_ON_CUDA(T, "embedding_forward",
+                    { embedding_forward_cuda(dev(out), dev(ids), dev(table), n, vocab, dim, ctx); });
 }
 
 template <class T>
-void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t n, int64_t vocab, int64_t dim,
-                        const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::embedding_backward(dtable, dout, ids, n, vocab, dim, ctx);
+void embedding_backward(Accum<T>* dtable, const T* dout, const int32_t* ids, int64_t n, int64_t vocab,
+                        int64_t dim, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "embedding_backward",
+                   return moeasr::embedding_backward(dtable, dout, ids, n, vocab, dim, ctx));
   MOEASR_OP_ON_CUDA(T, "embedding_backward",
-                    { embedding_backward_cuda(dtable, dout, ids, n, vocab, dim, ctx); });
+                    { embedding_backward_cuda(dev(dtable), dev(dout), dev(ids), n, vocab, dim, ctx); });
 }
 
 void make_valid_mask(uint8_t* mask, const int32_t* lengths, int64_t batch, int64_t max_len,
@@ -719,69 +838,79 @@ void make_cross_attention_mask(uint8_t* mask, const uint8_t* memory_valid, int64
 template <class T>
 void moe_topk_forward(T* values, int32_t* indices, const T* logits, int64_t n, int64_t n_experts, int64_t k,
                       const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::moe_topk_forward(values, indices, logits, n, n_experts, k, ctx);
+  MOEASR_OP_ON_CPU(T, "moe_topk_forward",
+                   return moeasr::moe_topk_forward(values, indices, logits, n, n_experts, k, ctx));
   MOEASR_OP_ON_CUDA(T, "moe_topk_forward",
-                    { moe_topk_forward_cuda(values, indices, logits, n, n_experts, k, ctx); });
+                    { moe_topk_forward_cuda(dev(values), dev(indices), dev(logits), n, n_experts, k, ctx); });
 }
 
 template <class T>
 void moe_topk_backward(T* dlogits, const T* dvalues, const int32_t* indices, int64_t n, int64_t n_experts,
                        int64_t k, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::moe_topk_backward(dlogits, dvalues, indices, n, n_experts, k, ctx);
-  MOEASR_OP_ON_CUDA(T, "moe_topk_backward",
-                    { moe_topk_backward_cuda(dlogits, dvalues, indices, n, n_experts, k, ctx); });
+  MOEASR_OP_ON_CPU(T, "moe_topk_backward",
+                   return moeasr::moe_topk_backward(dlogits, dvalues, indices, n, n_experts, k, ctx));
+  MOEASR_OP_ON_CUDA(T, "moe_topk_backward", {
+    moe_topk_backward_cuda(dev(dlogits), dev(dvalues), dev(indices), n, n_experts, k, ctx);
+  });
 }
 
 template <class T>
 void moe_routing_softmax_forward(T* weights, const T* values, int64_t n, int64_t k, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::moe_routing_softmax_forward(weights, values, n, k, ctx);
+  MOEASR_OP_ON_CPU(T, "moe_routing_softmax_forward",
+                   return moeasr::moe_routing_softmax_forward(weights, values, n, k, ctx));
   MOEASR_OP_ON_CUDA(T, "moe_routing_softmax_forward",
-                    { moe_routing_softmax_forward_cuda(weights, values, n, k, ctx); });
+                    { moe_routing_softmax_forward_cuda(dev(weights), dev(values), n, k, ctx); });
 }
 
 template <class T>
 void moe_routing_softmax_backward(T* dvalues, const T* dweights, const T* weights, int64_t n, int64_t k,
                                   const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::moe_routing_softmax_backward(dvalues, dweights, weights, n, k, ctx);
-  MOEASR_OP_ON_CUDA(T, "moe_routing_softmax_backward",
-                    { moe_routing_softmax_backward_cuda(dvalues, dweights, weights, n, k, ctx); });
+  MOEASR_OP_ON_CPU(T, "moe_routing_softmax_backward",
+                   return moeasr::moe_routing_softmax_backward(dvalues, dweights, weights, n, k, ctx));
+  MOEASR_OP_ON_CUDA(T, "moe_routing_softmax_backward", {
+    moe_routing_softmax_backward_cuda(dev(dvalues), dev(dweights), dev(weights), n, k, ctx);
+  });
 }
 
 template <class T>
 void moe_permute_forward(T* permuted, const T* x, const int32_t* dest, int64_t n, int64_t m, int64_t k,
                          int64_t d, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::moe_permute_forward(permuted, x, dest, n, m, k, d, ctx);
+  MOEASR_OP_ON_CPU(T, "moe_permute_forward",
+                   return moeasr::moe_permute_forward(permuted, x, dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CUDA(T, "moe_permute_forward",
-                    { moe_permute_forward_cuda(permuted, x, dest, n, m, k, d, ctx); });
+                    { moe_permute_forward_cuda(dev(permuted), dev(x), dev(dest), n, m, k, d, ctx); });
 }
 
 template <class T>
 void moe_permute_backward(T* dx, const T* dpermuted, const int32_t* dest, int64_t n, int64_t m, int64_t k,
                           int64_t d, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::moe_permute_backward(dx, dpermuted, dest, n, m, k, d, ctx);
+  MOEASR_OP_ON_CPU(T, "moe_permute_backward",
+                   return moeasr::moe_permute_backward(dx, dpermuted, dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CUDA(T, "moe_permute_backward",
-                    { moe_permute_backward_cuda(dx, dpermuted, dest, n, m, k, d, ctx); });
+                    { moe_permute_backward_cuda(dev(dx), dev(dpermuted), dev(dest), n, m, k, d, ctx); });
 }
 
 template <class T>
-void moe_unpermute_forward(T* out, const T* y, const T* weights, const int32_t* dest, int64_t n, int64_t m,
-                           int64_t k, int64_t d, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::moe_unpermute_forward(out, y, weights, dest, n, m, k, d, ctx);
-  MOEASR_OP_ON_CUDA(T, "moe_unpermute_forward",
-                    { moe_unpermute_forward_cuda(out, y, weights, dest, n, m, k, d, ctx); });
+void moe_unpermute_forward(T* out, const T* y, const Accum<T>* weights, const int32_t* dest, int64_t n,
+                           int64_t m, int64_t k, int64_t d, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(T, "moe_unpermute_forward",
+                   return moeasr::moe_unpermute_forward(out, y, weights, dest, n, m, k, d, ctx));
+  MOEASR_OP_ON_CUDA(T, "moe_unpermute_forward", {
+    moe_unpermute_forward_cuda(dev(out), dev(y), dev(weights), dev(dest), n, m, k, d, ctx);
+  });
 }
 
 template <class T>
-void moe_unpermute_backward(T* dy, T* dweights, const T* dout, const T* y, const T* weights,
+void moe_unpermute_backward(T* dy, Accum<T>* dweights, const T* dout, const T* y, const Accum<T>* weights,
                             const int32_t* dest, int64_t n, int64_t m, int64_t k, int64_t d,
                             const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::moe_unpermute_backward(dy, dweights, dout, y, weights, dest, n, m, k, d, ctx);
-  MOEASR_OP_ON_CUDA(T, "moe_unpermute_backward",
-                    { moe_unpermute_backward_cuda(dy, dweights, dout, y, weights, dest, n, m, k, d, ctx); });
+  MOEASR_OP_ON_CPU(
+      T, "moe_unpermute_backward",
+      return moeasr::moe_unpermute_backward(dy, dweights, dout, y, weights, dest, n, m, k, d, ctx));
+  MOEASR_OP_ON_CUDA(T, "moe_unpermute_backward", {
+    moe_unpermute_backward_cuda(dev(dy), dev(dweights), dev(dout), dev(y), dev(weights), dev(dest), n, m, k,
+                                d, ctx);
+  });
 }
 
 void copy_host_to_device(void* device_dst, const void* host_src, int64_t bytes, const RunContext& ctx) {
@@ -833,16 +962,32 @@ int64_t moe_permute_plan(int64_t* expert_counts, int64_t* expert_offsets, int32_
   return m;
 }
 
+void moe_permute_plan_on_device(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
+                                const int32_t* indices, const uint8_t* token_mask, int64_t n,
+                                int64_t n_experts, int64_t k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu) {
+    moeasr::moe_permute_plan(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k, ctx);
+    return;
+  }
+  MOEASR_OP_ON_CUDA(float, "moe_permute_plan_on_device", {
+    const size_t workspace_bytes = moe_permute_plan_workspace_bytes(n, n_experts, k);
+    void* workspace = device_scratch(ctx, workspace_bytes);
+    moe_permute_plan_cuda(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k,
+                          workspace, workspace_bytes, ctx);
+  });
+}
+
 template <class T>
 void ctc_loss_forward(T* loss, T* total_loss, T* log_alpha, const T* log_probs, const int32_t* input_lengths,
                       const int32_t* targets, const int32_t* target_lengths, int64_t batch, int64_t max_time,
                       int64_t vocab, int64_t max_target_length, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::ctc_loss_forward(loss, total_loss, log_alpha, log_probs, input_lengths, targets,
-                                    target_lengths, batch, max_time, vocab, max_target_length, ctx);
+  MOEASR_OP_ON_CPU(
+      T, "ctc_loss_forward",
+      return moeasr::ctc_loss_forward(loss, total_loss, log_alpha, log_probs, input_lengths, targets,
+                                      target_lengths, batch, max_time, vocab, max_target_length, ctx));
   MOEASR_OP_ON_CUDA(T, "ctc_loss_forward", {
-    ctc_loss_forward_cuda(loss, total_loss, log_alpha, log_probs, input_lengths, targets, target_lengths,
-                          batch, max_time, vocab, max_target_length, ctx);
+    ctc_loss_forward_cuda(dev(loss), dev(total_loss), dev(log_alpha), dev(log_probs), dev(input_lengths),
+                          dev(targets), dev(target_lengths), batch, max_time, vocab, max_target_length, ctx);
   });
 }
 
@@ -851,65 +996,70 @@ void ctc_loss_backward(T* dlog_probs, const T* dloss, T dtotal_loss, const T* lo
                        const int32_t* input_lengths, const int32_t* targets, const int32_t* target_lengths,
                        int64_t batch, int64_t max_time, int64_t vocab, int64_t max_target_length,
                        const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::ctc_loss_backward(dlog_probs, dloss, dtotal_loss, log_alpha, log_probs, input_lengths,
-                                     targets, target_lengths, batch, max_time, vocab, max_target_length, ctx);
+  MOEASR_OP_ON_CPU(T, "ctc_loss_backward",
+                   return moeasr::ctc_loss_backward(dlog_probs, dloss, dtotal_loss, log_alpha, log_probs,
+                                                    input_lengths, targets, target_lengths, batch, max_time,
+                                                    vocab, max_target_length, ctx));
   MOEASR_OP_ON_CUDA(T, "ctc_loss_backward", {
-    ctc_loss_backward_cuda(dlog_probs, dloss, dtotal_loss, log_alpha, log_probs, input_lengths, targets,
-                           target_lengths, batch, max_time, vocab, max_target_length, ctx);
+    ctc_loss_backward_cuda(dev(dlog_probs), dev(dloss), dtotal_loss, dev(log_alpha), dev(log_probs),
+                           dev(input_lengths), dev(targets), dev(target_lengths), batch, max_time, vocab,
+                           max_target_length, ctx);
   });
 }
 
 template <class T>
-void label_smoothing_loss_forward(T* loss, T* log_sum_exp, int64_t* num_kept, int64_t* num_correct,
-                                  const T* logits, const int32_t* targets, double smoothing,
-                                  int32_t ignore_id, double normalizer, int64_t n, int64_t vocab,
-                                  const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::label_smoothing_loss_forward(loss, log_sum_exp, num_kept, num_correct, logits, targets,
-                                                smoothing, ignore_id, normalizer, n, vocab, ctx);
+void label_smoothing_loss_forward(Accum<T>* loss, Accum<T>* log_sum_exp, int64_t* num_kept,
+                                  int64_t* num_correct, const T* logits, const int32_t* targets,
+                                  double smoothing, int32_t ignore_id, double normalizer, int64_t n,
+                                  int64_t vocab, const RunContext& ctx) {
+  MOEASR_OP_ON_CPU(
+      T, "label_smoothing_loss_forward",
+      return moeasr::label_smoothing_loss_forward(loss, log_sum_exp, num_kept, num_correct, logits, targets,
+                                                  smoothing, ignore_id, normalizer, n, vocab, ctx));
   MOEASR_OP_ON_CUDA(T, "label_smoothing_loss_forward", {
     const size_t workspace_bytes = label_smoothing_loss_workspace_bytes(n);
     void* workspace = device_scratch(ctx, workspace_bytes);
-    label_smoothing_loss_forward_cuda(loss, log_sum_exp, num_kept, num_correct, logits, targets, smoothing,
-                                      ignore_id, normalizer, n, vocab, workspace, workspace_bytes, ctx);
+    label_smoothing_loss_forward_cuda(dev(loss), dev(log_sum_exp), dev(num_kept), dev(num_correct),
+                                      dev(logits), dev(targets), smoothing, ignore_id, normalizer, n, vocab,
+                                      workspace, workspace_bytes, ctx);
   });
 }
 
 template <class T>
-void label_smoothing_loss_backward(T* dlogits, T dloss, const T* logits, const T* log_sum_exp,
+void label_smoothing_loss_backward(T* dlogits, Accum<T> dloss, const T* logits, const Accum<T>* log_sum_exp,
                                    const int32_t* targets, double smoothing, int32_t ignore_id,
                                    double normalizer, int64_t n, int64_t vocab, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::label_smoothing_loss_backward(dlogits, dloss, logits, log_sum_exp, targets, smoothing,
-                                                 ignore_id, normalizer, n, vocab, ctx);
+  MOEASR_OP_ON_CPU(
+      T, "label_smoothing_loss_backward",
+      return moeasr::label_smoothing_loss_backward(dlogits, dloss, logits, log_sum_exp, targets, smoothing,
+                                                   ignore_id, normalizer, n, vocab, ctx));
   MOEASR_OP_ON_CUDA(T, "label_smoothing_loss_backward", {
-    label_smoothing_loss_backward_cuda(dlogits, dloss, logits, log_sum_exp, targets, smoothing, ignore_id,
-                                       normalizer, n, vocab, ctx);
+    label_smoothing_loss_backward_cuda(dev(dlogits), dloss, dev(logits), dev(log_sum_exp), dev(targets),
+                                       smoothing, ignore_id, normalizer, n, vocab, ctx);
   });
 }
 
 template <class T>
 void adam_update(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, double lr, double beta1, double beta2,
                  double eps, double weight_decay, int64_t step, int64_t n, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::adam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, step, n,
-                               ctx);
+  MOEASR_OP_ON_CPU(T, "adam_update",
+                   return moeasr::adam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps,
+                                              weight_decay, step, n, ctx));
   MOEASR_OP_ON_CUDA(T, "adam_update", {
-    adam_update_cuda(param, exp_avg, exp_avg_sq, static_cast<__nv_bfloat16*>(nullptr), grad, lr, beta1, beta2,
-                     eps, weight_decay, step, n, ctx);
+    adam_update_cuda(dev(param), dev(exp_avg), dev(exp_avg_sq), static_cast<__nv_bfloat16*>(nullptr),
+                     dev(grad), lr, beta1, beta2, eps, weight_decay, step, n, ctx);
   });
 }
 
 template <class T>
 double global_grad_norm(const GradBuffer<T>* buffers, int64_t num_buffers, const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::global_grad_norm(buffers, num_buffers, ctx);
+  MOEASR_OP_ON_CPU(T, "global_grad_norm", return moeasr::global_grad_norm(buffers, num_buffers, ctx));
   double norm = 0.0;
   MOEASR_OP_ON_CUDA(T, "global_grad_norm", {
-    const size_t workspace_bytes = global_grad_norm_workspace_bytes(buffers, num_buffers);
+    const size_t workspace_bytes = global_grad_norm_workspace_bytes(dev(buffers), num_buffers);
     void* workspace = device_scratch(ctx, workspace_bytes);
     auto* device_norm = static_cast<float*>(device_scratch(ctx, sizeof(float)));
-    global_grad_norm_cuda(device_norm, buffers, num_buffers, workspace, workspace_bytes, ctx);
+    global_grad_norm_cuda(device_norm, dev(buffers), num_buffers, workspace, workspace_bytes, ctx);
     float host_norm = 0.0f;
     copy_device_to_host(&host_norm, device_norm, sizeof(float), ctx);
     norm = host_norm;
@@ -920,13 +1070,13 @@ double global_grad_norm(const GradBuffer<T>* buffers, int64_t num_buffers, const
 template <class T>
 double clip_grad_norm(const GradBuffer<T>* buffers, double max_norm, int64_t num_buffers,
                       const RunContext& ctx) {
-  if (ctx.device == Device::cpu) return moeasr::clip_grad_norm(buffers, max_norm, num_buffers, ctx);
+  MOEASR_OP_ON_CPU(T, "clip_grad_norm", return moeasr::clip_grad_norm(buffers, max_norm, num_buffers, ctx));
   double norm = 0.0;
   MOEASR_OP_ON_CUDA(T, "clip_grad_norm", {
-    const size_t workspace_bytes = global_grad_norm_workspace_bytes(buffers, num_buffers);
+    const size_t workspace_bytes = global_grad_norm_workspace_bytes(dev(buffers), num_buffers);
     void* workspace = device_scratch(ctx, workspace_bytes);
     auto* device_norm = static_cast<float*>(device_scratch(ctx, sizeof(float)));
-    clip_grad_norm_cuda(device_norm, buffers, max_norm, num_buffers, workspace, workspace_bytes, ctx);
+    clip_grad_norm_cuda(device_norm, dev(buffers), max_norm, num_buffers, workspace, workspace_bytes, ctx);
     float host_norm = 0.0f;
     copy_device_to_host(&host_norm, device_norm, sizeof(float), ctx);
     norm = host_norm;
@@ -936,14 +1086,15 @@ double clip_grad_norm(const GradBuffer<T>* buffers, double max_norm, int64_t num
 
 #undef MOEASR_OP_ON_CUDA
 
-#define MOEASR_INSTANTIATE_OPS(T)                                                                            \
+// Ops on tensors stored as T (float, double, and bf16 for the CUDA device).
+#define MOEASR_INSTANTIATE_STORAGE_OPS(T)                                                                    \
   template void add_forward<T>(T*, const T*, const T*, int64_t, const RunContext&);                          \
   template void add_backward<T>(T*, T*, const T*, int64_t, const RunContext&);                               \
-  template void scale_forward<T>(T*, const T*, T, int64_t, const RunContext&);                               \
-  template void scale_backward<T>(T*, const T*, T, int64_t, const RunContext&);                              \
-  template void residual_add_forward<T>(T*, const T*, const T*, T, int64_t, const RunContext&);              \
-  template void residual_add_backward<T>(T*, T*, const T*, T, int64_t, const RunContext&);                   \
-  template void add_scaled_inplace<T>(T*, const T*, T, int64_t, const RunContext&);                          \
+  template void scale_forward<T>(T*, const T*, Accum<T>, int64_t, const RunContext&);                        \
+  template void scale_backward<T>(T*, const T*, Accum<T>, int64_t, const RunContext&);                       \
+  template void residual_add_forward<T>(T*, const T*, const T*, Accum<T>, int64_t, const RunContext&);       \
+  template void residual_add_backward<T>(T*, T*, const T*, Accum<T>, int64_t, const RunContext&);            \
+  template void add_scaled_inplace<T>(T*, const T*, Accum<T>, int64_t, const RunContext&);                   \
   template void relu_forward<T>(T*, const T*, int64_t, const RunContext&);                                   \
   template void relu_backward<T>(T*, const T*, const T*, int64_t, const RunContext&);                        \
   template void silu_forward<T>(T*, const T*, int64_t, const RunContext&);                                   \
@@ -952,15 +1103,15 @@ double clip_grad_norm(const GradBuffer<T>* buffers, double max_norm, int64_t num
   template void sigmoid_backward<T>(T*, const T*, const T*, int64_t, const RunContext&);                     \
   template void glu_forward<T>(T*, const T*, int64_t, int64_t, const RunContext&);                           \
   template void glu_backward<T>(T*, const T*, const T*, int64_t, int64_t, const RunContext&);                \
-  template void fill_constant<T>(T*, T, int64_t, const RunContext&);                                         \
+  template void fill_constant<T>(T*, Accum<T>, int64_t, const RunContext&);                                  \
   template void copy_elements<T>(T*, const T*, int64_t, const RunContext&);                                  \
   template void transpose_middle_forward<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t,                \
                                             const RunContext&);                                              \
   template void transpose_middle_backward<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t,               \
                                              const RunContext&);                                             \
-  template void split_heads_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,           \
+  template void split_heads_forward<T>(T*, const T*, const Accum<T>*, int64_t, int64_t, int64_t, int64_t,    \
                                        const RunContext&);                                                   \
-  template void split_heads_backward<T>(T*, T*, const T*, int64_t, int64_t, int64_t, int64_t,                \
+  template void split_heads_backward<T>(T*, Accum<T>*, const T*, int64_t, int64_t, int64_t, int64_t,         \
                                         const RunContext&);                                                  \
   template void masked_pad_rows_forward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, int64_t, int64_t, \
                                            const RunContext&);                                               \
@@ -970,22 +1121,24 @@ double clip_grad_norm(const GradBuffer<T>* buffers, double max_norm, int64_t num
                                             int64_t, const RunContext&);                                     \
   template void masked_crop_rows_backward<T>(T*, const T*, const uint8_t*, int64_t, int64_t, int64_t,        \
                                              int64_t, const RunContext&);                                    \
-  template void cmvn_normalize_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t,                \
+  template void cmvn_normalize_forward<T>(T*, const T*, const Accum<T>*, const Accum<T>*, int64_t, int64_t,  \
                                           const RunContext&);                                                \
-  template void scale_add_table_forward<T>(T*, const T*, const T*, T, int64_t, int64_t, int64_t,             \
-                                           const RunContext&);                                               \
-  template void scale_add_table_backward<T>(T*, const T*, T, int64_t, int64_t, int64_t, const RunContext&);  \
+  template void scale_add_table_forward<T>(T*, const T*, const Accum<T>*, Accum<T>, int64_t, int64_t,        \
+                                           int64_t, const RunContext&);                                      \
+  template void scale_add_table_backward<T>(T*, const T*, Accum<T>, int64_t, int64_t, int64_t,               \
+                                            const RunContext&);                                              \
   template void linear_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,               \
                                   const RunContext&);                                                        \
-  template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,      \
-                                   const RunContext&);                                                       \
+  template void linear_backward<T>(T*, Accum<T>*, Accum<T>*, const T*, const T*, const T*, int64_t, int64_t, \
+                                   int64_t, const RunContext&);                                              \
   template void grouped_linear_forward<T>(T*, const T*, const T*, const T*, const int64_t*, int64_t,         \
                                           int64_t, int64_t, int64_t, const RunContext&);                     \
-  template void grouped_linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, const int64_t*,         \
-                                           int64_t, int64_t, int64_t, int64_t, const RunContext&);           \
+  template void grouped_linear_backward<T>(T*, Accum<T>*, Accum<T>*, const T*, const T*, const T*,           \
+                                           const int64_t*, int64_t, int64_t, int64_t, int64_t,               \
+                                           const RunContext&);                                               \
   template void gemm_strided_batched<T>(T*, const T*, const T*, Transpose, Transpose, int64_t, int64_t,      \
-                                        int64_t, T, T, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                        int64_t, const RunContext&);                                         \
+                                        int64_t, Accum<T>, Accum<T>, int64_t, int64_t, int64_t, int64_t,     \
+                                        int64_t, int64_t, int64_t, const RunContext&);                       \
   template void batched_matmul_forward<T>(T*, const T*, const T*, Transpose, int64_t, int64_t, int64_t,      \
                                           int64_t, const RunContext&);                                       \
   template void batched_matmul_backward<T>(T*, T*, const T*, const T*, const T*, Transpose, int64_t,         \
@@ -1001,60 +1154,74 @@ double clip_grad_norm(const GradBuffer<T>* buffers, double max_norm, int64_t num
                                               const RunContext&);                                            \
   template void dropout_forward<T>(T*, const T*, const PhiloxStream&, double, int64_t, const RunContext&);   \
   template void dropout_backward<T>(T*, const T*, const PhiloxStream&, double, int64_t, const RunContext&);  \
-  template void layer_norm_forward<T>(T*, T*, T*, const T*, const T*, const T*, T, int64_t, int64_t,         \
-                                      const RunContext&);                                                    \
-  template void layer_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,         \
-                                       int64_t, int64_t, const RunContext&);                                 \
-  template void batch_norm_train_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, T, T, int64_t, \
+  template void layer_norm_forward<T>(T*, Accum<T>*, Accum<T>*, const T*, const Accum<T>*, const Accum<T>*,  \
+                                      Accum<T>, int64_t, int64_t, const RunContext&);                        \
+  template void layer_norm_backward<T>(T*, Accum<T>*, Accum<T>*, const T*, const T*, const Accum<T>*,        \
+                                       const Accum<T>*, const Accum<T>*, int64_t, int64_t,                   \
+                                       const RunContext&);                                                   \
+  template void batch_norm_train_forward<T>(T*, Accum<T>*, Accum<T>*, Accum<T>*, Accum<T>*, const T*,        \
+                                            const Accum<T>*, const Accum<T>*, Accum<T>, Accum<T>, int64_t,   \
                                             int64_t, const RunContext&);                                     \
-  template void batch_norm_train_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,   \
-                                             int64_t, int64_t, const RunContext&);                           \
-  template void batch_norm_eval_forward<T>(T*, const T*, const T*, const T*, const T*, const T*, T, int64_t, \
-                                           int64_t, const RunContext&);                                      \
-  template void batch_norm_eval_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, T, \
-                                            int64_t, int64_t, const RunContext&);                            \
+  template void batch_norm_train_backward<T>(T*, Accum<T>*, Accum<T>*, const T*, const T*, const Accum<T>*,  \
+                                             const Accum<T>*, const Accum<T>*, int64_t, int64_t,             \
+                                             const RunContext&);                                             \
+  template void batch_norm_eval_forward<T>(T*, const T*, const Accum<T>*, const Accum<T>*, const Accum<T>*,  \
+                                           const Accum<T>*, Accum<T>, int64_t, int64_t, const RunContext&);  \
+  template void batch_norm_eval_backward<T>(T*, Accum<T>*, Accum<T>*, const T*, const T*, const Accum<T>*,   \
+                                            const Accum<T>*, const Accum<T>*, Accum<T>, int64_t, int64_t,    \
+                                            const RunContext&);                                              \
   template void conv2d_3x3s2_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,         \
                                         int64_t, int64_t, const RunContext&);                                \
-  template void conv2d_3x3s2_backward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t,         \
-                                         int64_t, int64_t, int64_t, const RunContext&);                      \
+  template void conv2d_3x3s2_backward<T>(T*, Accum<T>*, Accum<T>*, const T*, const T*, const T*, int64_t,    \
+                                         int64_t, int64_t, int64_t, int64_t, const RunContext&);             \
   template void depthwise_conv1d_forward<T>(T*, const T*, const T*, const T*, Conv1dPadding, int64_t,        \
                                             int64_t, int64_t, int64_t, const RunContext&);                   \
-  template void depthwise_conv1d_backward<T>(T*, T*, T*, const T*, const T*, const T*, Conv1dPadding,        \
-                                             int64_t, int64_t, int64_t, int64_t, const RunContext&);         \
+  template void depthwise_conv1d_backward<T>(T*, Accum<T>*, Accum<T>*, const T*, const T*, const T*,         \
+                                             Conv1dPadding, int64_t, int64_t, int64_t, int64_t,              \
+                                             const RunContext&);                                             \
   template void embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int64_t, int64_t,                \
                                      const RunContext&);                                                     \
-  template void embedding_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t,               \
+  template void embedding_backward<T>(Accum<T>*, const T*, const int32_t*, int64_t, int64_t, int64_t,        \
                                       const RunContext&);                                                    \
+  template void moe_permute_forward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,     \
+                                       const RunContext&);                                                   \
+  template void moe_permute_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,    \
+                                        const RunContext&);                                                  \
+  template void moe_unpermute_forward<T>(T*, const T*, const Accum<T>*, const int32_t*, int64_t, int64_t,    \
+                                         int64_t, int64_t, const RunContext&);                               \
+  template void moe_unpermute_backward<T>(T*, Accum<T>*, const T*, const T*, const Accum<T>*,                \
+                                          const int32_t*, int64_t, int64_t, int64_t, int64_t,                \
+                                          const RunContext&);                                                \
+  template void label_smoothing_loss_forward<T>(Accum<T>*, Accum<T>*, int64_t*, int64_t*, const T*,          \
+                                                const int32_t*, double, int32_t, double, int64_t, int64_t,   \
+                                                const RunContext&);                                          \
+  template void label_smoothing_loss_backward<T>(T*, Accum<T>, const T*, const Accum<T>*, const int32_t*,    \
+                                                 double, int32_t, double, int64_t, int64_t,                  \
+                                                 const RunContext&);
+
+// Ops that run on Accum<T> tensors only (routing, the CTC loss, the optimizer): float and double.
+#define MOEASR_INSTANTIATE_ACCUM_OPS(T)                                                                      \
   template void moe_topk_forward<T>(T*, int32_t*, const T*, int64_t, int64_t, int64_t, const RunContext&);   \
   template void moe_topk_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t,                \
                                      const RunContext&);                                                     \
   template void moe_routing_softmax_forward<T>(T*, const T*, int64_t, int64_t, const RunContext&);           \
   template void moe_routing_softmax_backward<T>(T*, const T*, const T*, int64_t, int64_t,                    \
                                                 const RunContext&);                                          \
-  template void moe_permute_forward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,     \
-                                       const RunContext&);                                                   \
-  template void moe_permute_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,    \
-                                        const RunContext&);                                                  \
-  template void moe_unpermute_forward<T>(T*, const T*, const T*, const int32_t*, int64_t, int64_t, int64_t,  \
-                                         int64_t, const RunContext&);                                        \
-  template void moe_unpermute_backward<T>(T*, T*, const T*, const T*, const T*, const int32_t*, int64_t,     \
-                                          int64_t, int64_t, int64_t, const RunContext&);                     \
   template void ctc_loss_forward<T>(T*, T*, T*, const T*, const int32_t*, const int32_t*, const int32_t*,    \
                                     int64_t, int64_t, int64_t, int64_t, const RunContext&);                  \
   template void ctc_loss_backward<T>(T*, const T*, T, const T*, const T*, const int32_t*, const int32_t*,    \
                                      const int32_t*, int64_t, int64_t, int64_t, int64_t, const RunContext&); \
-  template void label_smoothing_loss_forward<T>(T*, T*, int64_t*, int64_t*, const T*, const int32_t*,        \
-                                                double, int32_t, double, int64_t, int64_t,                   \
-                                                const RunContext&);                                          \
-  template void label_smoothing_loss_backward<T>(T*, T, const T*, const T*, const int32_t*, double, int32_t, \
-                                                 double, int64_t, int64_t, const RunContext&);               \
   template void adam_update<T>(T*, T*, T*, const T*, double, double, double, double, double, int64_t,        \
                                int64_t, const RunContext&);                                                  \
   template double global_grad_norm<T>(const GradBuffer<T>*, int64_t, const RunContext&);                     \
   template double clip_grad_norm<T>(const GradBuffer<T>*, double, int64_t, const RunContext&);
 
-MOEASR_INSTANTIATE_OPS(float)
-MOEASR_INSTANTIATE_OPS(double)
-#undef MOEASR_INSTANTIATE_OPS
+MOEASR_INSTANTIATE_STORAGE_OPS(float)
+MOEASR_INSTANTIATE_STORAGE_OPS(double)
+MOEASR_INSTANTIATE_STORAGE_OPS(bf16)
+MOEASR_INSTANTIATE_ACCUM_OPS(float)
+MOEASR_INSTANTIATE_ACCUM_OPS(double)
+#undef MOEASR_INSTANTIATE_STORAGE_OPS
+#undef MOEASR_INSTANTIATE_ACCUM_OPS
 
 }  // namespace moeasr::op

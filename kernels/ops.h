@@ -3,9 +3,13 @@
 // routed on ctx.device to the CPU op or to its CUDA twin (kernels/cuda/<op>_cuda.h). model/ calls
 // these, so the same layer code runs on both backends (DESIGN.md §2: explicit context, no globals).
 //
-// On ctx.device == cuda every pointer is device memory, T must be float (bf16 activation storage is
-// not wired yet: it needs bf16 copies of the parameters) and the build must have the CUDA backend;
-// otherwise the op CHECK-fails naming itself. With ctx.bf16_matmul the matrix products (linear,
+// T is the storage type: float, double (CPU only: the gradient checks) or bf16 (CUDA only: the bf16
+// model; the CPU ops refuse it). Pointers that the CUDA twins keep in fp32 whatever T is (parameters
+// added or scaled in fp32, norm statistics, routing weights, losses, scalars) are Accum<T> (float
+// for bf16, T otherwise; core/dtype.h). On ctx.device == cuda every pointer is device memory and the
+// build must have the CUDA backend; otherwise the op CHECK-fails naming itself. The routing, CTC and
+// optimizer ops exist for float and double only (a bf16 model calls them on Accum<T> tensors).
+// With ctx.bf16_matmul (float only) the matrix products (linear,
 // grouped_linear, gemm_strided_batched, batched_matmul) cast their fp32 operands to bf16 in the
 // activation arena and run on tensor cores with fp32 accumulation and fp32 outputs (the grouped GEMM
 // and batched matmul write bf16 and are widened back); parameter gradients accumulate in fp32. Ops whose CUDA
@@ -15,11 +19,10 @@
 //
 // Differences from the CPU ops (only on the GPU):
 //  - moe_permute_plan: the plan stays on the device, but M (offsets[E]) is copied to the host and the
-//    stream is synchronised, because the layer sizes its buffers and the expert exchange by it (the
-//    MoE layer then reads the per-expert counts back too). These are the host synchronisations of a
-//    MoE layer's forward; its backward has none (DESIGN.md §3 step 5: the counts must reach the host
-//    for an MPI/NCCL all-to-all anyway; with EP = 1 they could be avoided by sizing the buffers with
-//    m_max = N*k and keeping the counts on the device).
+//    stream is synchronised: with expert parallelism the layer sizes the exchange by the counts (they
+//    must reach the host for an MPI/NCCL all-to-all; DESIGN.md §3 step 5). With every expert local
+//    the MoE layer calls moe_permute_plan_on_device instead, which reads nothing back: its row buffers
+//    take the bound N*k and the grouped Linears read the device offsets.
 //  - grouped_linear's expert_offsets and the masks' lengths are device arrays.
 //  - the losses' scalar outputs (loss, total_loss, num_kept, num_correct) are device memory.
 #pragma once
@@ -42,19 +45,19 @@ template <class T>
 void add_backward(T* da, T* db, const T* dout, int64_t n, const RunContext& ctx);
 
 template <class T>
-void scale_forward(T* out, const T* x, T alpha, int64_t n, const RunContext& ctx);
+void scale_forward(T* out, const T* x, Accum<T> alpha, int64_t n, const RunContext& ctx);
 
 template <class T>
-void scale_backward(T* dx, const T* dout, T alpha, int64_t n, const RunContext& ctx);
+void scale_backward(T* dx, const T* dout, Accum<T> alpha, int64_t n, const RunContext& ctx);
 
 template <class T>
-void residual_add_forward(T* out, const T* x, const T* y, T alpha, int64_t n, const RunContext& ctx);
+void residual_add_forward(T* out, const T* x, const T* y, Accum<T> alpha, int64_t n, const RunContext& ctx);
 
 template <class T>
-void residual_add_backward(T* dx, T* dy, const T* dout, T alpha, int64_t n, const RunContext& ctx);
+void residual_add_backward(T* dx, T* dy, const T* dout, Accum<T> alpha, int64_t n, const RunContext& ctx);
 
 template <class T>
-void add_scaled_inplace(T* acc, const T* x, T alpha, int64_t n, const RunContext& ctx);
+void add_scaled_inplace(T* acc, const T* x, Accum<T> alpha, int64_t n, const RunContext& ctx);
 
 template <class T>
 void relu_forward(T* out, const T* x, int64_t n, const RunContext& ctx);
@@ -82,7 +85,7 @@ void glu_backward(T* dx, const T* dout, const T* x, int64_t n, int64_t c, const 
 
 // ---- layout (kernels/cpu/layout.h) --------------------------------------------------------------------
 template <class T>
-void fill_constant(T* out, T value, int64_t n, const RunContext& ctx);
+void fill_constant(T* out, Accum<T> value, int64_t n, const RunContext& ctx);
 
 template <class T>
 void copy_elements(T* dst, const T* src, int64_t n, const RunContext& ctx);
@@ -96,12 +99,12 @@ void transpose_middle_backward(T* dsrc, const T* ddst, int64_t outer, int64_t ro
                                int64_t inner, const RunContext& ctx);
 
 template <class T>
-void split_heads_forward(T* dst, const T* src, const T* bias, int64_t batch, int64_t steps, int64_t heads,
-                         int64_t d_k, const RunContext& ctx);
+void split_heads_forward(T* dst, const T* src, const Accum<T>* bias, int64_t batch, int64_t steps,
+                         int64_t heads, int64_t d_k, const RunContext& ctx);
 
 template <class T>
-void split_heads_backward(T* dsrc, T* dbias, const T* dout, int64_t batch, int64_t steps, int64_t heads,
-                          int64_t d_k, const RunContext& ctx);
+void split_heads_backward(T* dsrc, Accum<T>* dbias, const T* dout, int64_t batch, int64_t steps,
+                          int64_t heads, int64_t d_k, const RunContext& ctx);
 
 template <class T>
 void masked_pad_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
@@ -120,16 +123,22 @@ void masked_crop_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_
                                int64_t lpad, int64_t channels, const RunContext& ctx);
 
 template <class T>
-void cmvn_normalize_forward(T* out, const T* x, const T* mean, const T* istd, int64_t rows, int64_t feat,
-                            const RunContext& ctx);
+void cmvn_normalize_forward(T* out, const T* x, const Accum<T>* mean, const Accum<T>* istd, int64_t rows,
+                            int64_t feat, const RunContext& ctx);
 
 template <class T>
-void scale_add_table_forward(T* out, const T* x, const T* table, T scale, int64_t batch, int64_t time,
-                             int64_t d, const RunContext& ctx);
+void scale_add_table_forward(T* out, const T* x, const Accum<T>* table, Accum<T> scale, int64_t batch,
+                             int64_t time, int64_t d, const RunContext& ctx);
 
 template <class T>
-void scale_add_table_backward(T* dx, const T* dout, T scale, int64_t batch, int64_t time, int64_t d,
+void scale_add_table_backward(T* dx, const T* dout, Accum<T> scale, int64_t batch, int64_t time, int64_t d,
                               const RunContext& ctx);
+
+// dst = src element-wise in another type: float <-> bf16 rounds to nearest even (core/dtype.h, on the
+// host and the device alike); the same type is a copy. Instantiated for (float, bf16), (bf16, float),
+// (float, float) and (double, double): the model's casts between its storage type and Accum.
+template <class To, class From>
+void convert_elements(To* dst, const From* src, int64_t n, const RunContext& ctx);
 
 // ---- linear (kernels/cpu/linear.h) --------------------------------------------------------------------
 template <class T>
@@ -137,8 +146,8 @@ void linear_forward(T* y, const T* x, const T* weight, const T* bias, int64_t n,
                     int64_t out_features, const RunContext& ctx);
 
 template <class T>
-void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int64_t n,
-                     int64_t in_features, int64_t out_features, const RunContext& ctx);
+void linear_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x, const T* weight,
+                     int64_t n, int64_t in_features, int64_t out_features, const RunContext& ctx);
 
 // ---- grouped_linear (kernels/cpu/grouped_linear.h) ----------------------------------------------------
 template <class T>
@@ -147,15 +156,15 @@ void grouped_linear_forward(T* y, const T* x, const T* weight, const T* bias, co
                             const RunContext& ctx);
 
 template <class T>
-void grouped_linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
-                             const int64_t* expert_offsets, int64_t m_max, int64_t n_experts,
+void grouped_linear_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
+                             const T* weight, const int64_t* expert_offsets, int64_t m_max, int64_t n_experts,
                              int64_t in_features, int64_t out_features, const RunContext& ctx);
 
 // ---- gemm (kernels/cpu/gemm.h) ------------------------------------------------------------------------
 template <class T>
 void gemm_strided_batched(T* c, const T* a, const T* b, Transpose trans_a, Transpose trans_b, int64_t m,
-                          int64_t n, int64_t k, T alpha, T beta, int64_t lda, int64_t ldb, int64_t ldc,
-                          int64_t stride_a, int64_t stride_b, int64_t stride_c, int64_t batch,
+                          int64_t n, int64_t k, Accum<T> alpha, Accum<T> beta, int64_t lda, int64_t ldb,
+                          int64_t ldc, int64_t stride_a, int64_t stride_b, int64_t stride_c, int64_t batch,
                           const RunContext& ctx);
 
 template <class T>
@@ -201,30 +210,33 @@ void dropout_backward(T* dx, const T* dy, const PhiloxStream& stream, double p, 
 
 // ---- norm (kernels/cpu/norm.h) ------------------------------------------------------------------------
 template <class T>
-void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias, T eps,
-                        int64_t n, int64_t c, const RunContext& ctx);
+void layer_norm_forward(T* out, Accum<T>* mean, Accum<T>* rstd, const T* x, const Accum<T>* weight,
+                        const Accum<T>* bias, Accum<T> eps, int64_t n, int64_t c, const RunContext& ctx);
 
 template <class T>
-void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* mean, const T* rstd,
-                         const T* weight, int64_t n, int64_t c, const RunContext& ctx);
+void layer_norm_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dout, const T* x,
+                         const Accum<T>* mean, const Accum<T>* rstd, const Accum<T>* weight, int64_t n,
+                         int64_t c, const RunContext& ctx);
 
 template <class T>
-void batch_norm_train_forward(T* out, T* save_mean, T* save_rstd, T* running_mean, T* running_var, const T* x,
-                              const T* weight, const T* bias, T momentum, T eps, int64_t n, int64_t c,
-                              const RunContext& ctx);
+void batch_norm_train_forward(T* out, Accum<T>* save_mean, Accum<T>* save_rstd, Accum<T>* running_mean,
+                              Accum<T>* running_var, const T* x, const Accum<T>* weight, const Accum<T>* bias,
+                              Accum<T> momentum, Accum<T> eps, int64_t n, int64_t c, const RunContext& ctx);
 
 template <class T>
-void batch_norm_train_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* save_mean,
-                               const T* save_rstd, const T* weight, int64_t n, int64_t c,
-                               const RunContext& ctx);
+void batch_norm_train_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dout, const T* x,
+                               const Accum<T>* save_mean, const Accum<T>* save_rstd, const Accum<T>* weight,
+                               int64_t n, int64_t c, const RunContext& ctx);
 
 template <class T>
-void batch_norm_eval_forward(T* out, const T* x, const T* running_mean, const T* running_var, const T* weight,
-                             const T* bias, T eps, int64_t n, int64_t c, const RunContext& ctx);
+void batch_norm_eval_forward(T* out, const T* x, const Accum<T>* running_mean, const Accum<T>* running_var,
+                             const Accum<T>* weight, const Accum<T>* bias, Accum<T> eps, int64_t n, int64_t c,
+                             const RunContext& ctx);
 
 template <class T>
-void batch_norm_eval_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* running_mean,
-                              const T* running_var, const T* weight, T eps, int64_t n, int64_t c,
+void batch_norm_eval_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dout, const T* x,
+                              const Accum<T>* running_mean, const Accum<T>* running_var,
+                              const Accum<T>* weight, Accum<T> eps, int64_t n, int64_t c,
                               const RunContext& ctx);
 
 // ---- conv (kernels/cpu/conv.h) ------------------------------------------------------------------------
@@ -234,9 +246,9 @@ void conv2d_3x3s2_forward(T* y, const T* x, const T* weight, const T* bias, int6
                           const RunContext& ctx);
 
 template <class T>
-void conv2d_3x3s2_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
-                           int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
-                           int64_t width, const RunContext& ctx);
+void conv2d_3x3s2_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
+                           const T* weight, int64_t batch, int64_t in_channels, int64_t out_channels,
+                           int64_t height, int64_t width, const RunContext& ctx);
 
 template <class T>
 void depthwise_conv1d_forward(T* y, const T* x, const T* weight, const T* bias, Conv1dPadding padding,
@@ -244,9 +256,9 @@ void depthwise_conv1d_forward(T* y, const T* x, const T* weight, const T* bias, 
                               const RunContext& ctx);
 
 template <class T>
-void depthwise_conv1d_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
-                               Conv1dPadding padding, int64_t batch, int64_t time, int64_t channels,
-                               int64_t kernel_size, const RunContext& ctx);
+void depthwise_conv1d_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
+                               const T* weight, Conv1dPadding padding, int64_t batch, int64_t time,
+                               int64_t channels, int64_t kernel_size, const RunContext& ctx);
 
 // ---- embedding (kernels/cpu/embedding.h) --------------------------------------------------------------
 template <class T>
@@ -254,8 +266,8 @@ void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t n, in
                        const RunContext& ctx);
 
 template <class T>
-void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t n, int64_t vocab, int64_t dim,
-                        const RunContext& ctx);
+void embedding_backward(Accum<T>* dtable, const T* dout, const int32_t* ids, int64_t n, int64_t vocab,
+                        int64_t dim, const RunContext& ctx);
 
 // ---- masks (kernels/cpu/masks.h) ----------------------------------------------------------------------
 void make_valid_mask(uint8_t* mask, const int32_t* lengths, int64_t batch, int64_t max_len,
@@ -300,11 +312,11 @@ void moe_permute_backward(T* dx, const T* dpermuted, const int32_t* dest, int64_
                           int64_t d, const RunContext& ctx);
 
 template <class T>
-void moe_unpermute_forward(T* out, const T* y, const T* weights, const int32_t* dest, int64_t n, int64_t m,
-                           int64_t k, int64_t d, const RunContext& ctx);
+void moe_unpermute_forward(T* out, const T* y, const Accum<T>* weights, const int32_t* dest, int64_t n,
+                           int64_t m, int64_t k, int64_t d, const RunContext& ctx);
 
 template <class T>
-void moe_unpermute_backward(T* dy, T* dweights, const T* dout, const T* y, const T* weights,
+void moe_unpermute_backward(T* dy, Accum<T>* dweights, const T* dout, const T* y, const Accum<T>* weights,
                             const int32_t* dest, int64_t n, int64_t m, int64_t k, int64_t d,
                             const RunContext& ctx);
 
@@ -323,6 +335,12 @@ int64_t moe_permute_plan(int64_t* expert_counts, int64_t* expert_offsets, int32_
                          const int32_t* indices, const uint8_t* token_mask, int64_t n, int64_t n_experts,
                          int64_t k, const RunContext& ctx);
 
+// The same plan without M on the host: nothing is read back (M = expert_offsets[E] stays in ctx.device
+// memory; the GPU MoE layer with every expert local sizes its row buffers by N*k instead).
+void moe_permute_plan_on_device(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
+                                const int32_t* indices, const uint8_t* token_mask, int64_t n,
+                                int64_t n_experts, int64_t k, const RunContext& ctx);
+
 // ---- losses (kernels/cpu/ctc_loss.h, kernels/cpu/label_smoothing_loss.h) ---------------------------
 template <class T>
 void ctc_loss_forward(T* loss, T* total_loss, T* log_alpha, const T* log_probs, const int32_t* input_lengths,
@@ -336,13 +354,13 @@ void ctc_loss_backward(T* dlog_probs, const T* dloss, T dtotal_loss, const T* lo
                        const RunContext& ctx);
 
 template <class T>
-void label_smoothing_loss_forward(T* loss, T* log_sum_exp, int64_t* num_kept, int64_t* num_correct,
-                                  const T* logits, const int32_t* targets, double smoothing,
-                                  int32_t ignore_id, double normalizer, int64_t n, int64_t vocab,
-                                  const RunContext& ctx);
+void label_smoothing_loss_forward(Accum<T>* loss, Accum<T>* log_sum_exp, int64_t* num_kept,
+                                  int64_t* num_correct, const T* logits, const int32_t* targets,
+                                  double smoothing, int32_t ignore_id, double normalizer, int64_t n,
+                                  int64_t vocab, const RunContext& ctx);
 
 template <class T>
-void label_smoothing_loss_backward(T* dlogits, T dloss, const T* logits, const T* log_sum_exp,
+void label_smoothing_loss_backward(T* dlogits, Accum<T> dloss, const T* logits, const Accum<T>* log_sum_exp,
                                    const int32_t* targets, double smoothing, int32_t ignore_id,
                                    double normalizer, int64_t n, int64_t vocab, const RunContext& ctx);
 

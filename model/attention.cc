@@ -36,8 +36,8 @@ void check_linear_dims(const char* name, int64_t in, int64_t out, int64_t d_mode
 template <class T>
 void project_to_heads(T* heads_out,  // [B, H, T, dk]
                       const T* x,    // [B, T, d]
-                      const LinearRef<T>& lin, const T* head_bias, const AttentionDims& dims, int64_t steps,
-                      const RunContext& ctx) {
+                      const LinearRef<T>& lin, const Accum<T>* head_bias, const AttentionDims& dims,
+                      int64_t steps, const RunContext& ctx) {
   T* flat = activation_alloc<T>(ctx, dims.batch * steps * dims.d_model);
   op::linear_forward(flat, x, lin.weight.value, lin.bias.value, dims.batch * steps, dims.d_model,
                      dims.d_model, ctx);
@@ -52,8 +52,8 @@ void project_to_heads_backward(T* dx,            // [B, T, d] assigned, or null
                                const LinearRef<T>& lin, const AttentionDims& dims, int64_t steps,
                                const RunContext& ctx) {
   T* dflat = activation_alloc<T>(ctx, dims.batch * steps * dims.d_model);
-  op::split_heads_backward(dflat, static_cast<T*>(nullptr), dheads, dims.batch, steps, dims.heads, dims.d_k,
-                           ctx);
+  op::split_heads_backward(dflat, static_cast<Accum<T>*>(nullptr), dheads, dims.batch, steps, dims.heads,
+                           dims.d_k, ctx);
   op::linear_backward(dx, lin.weight.grad, lin.bias.grad, dflat, x, lin.weight.value, dims.batch * steps,
                       dims.d_model, dims.d_model, ctx);
 }
@@ -114,33 +114,34 @@ void attend_backward(T** dscores_out, T** dv_heads_out, const T* dout, const T* 
 
 // c[g] = scale * a[g] @ b[g]^T over g in [0, B*H): a [G, Tq, dk], b [G, Tk, dk], c [G, Tq, Tk].
 template <class T>
-void scores_product(T* c, const T* a, const T* b, T scale, const AttentionDims& dims, const RunContext& ctx) {
+void scores_product(T* c, const T* a, const T* b, Accum<T> scale, const AttentionDims& dims,
+                    const RunContext& ctx) {
   op::gemm_strided_batched(c, a, b, Transpose::kNo, Transpose::kYes, dims.queries, dims.keys, dims.d_k, scale,
-                           T(0), dims.d_k, dims.d_k, dims.keys, dims.queries * dims.d_k, dims.keys * dims.d_k,
-                           dims.queries * dims.keys, dims.batch * dims.heads, ctx);
+                           Accum<T>(0), dims.d_k, dims.d_k, dims.keys, dims.queries * dims.d_k,
+                           dims.keys * dims.d_k, dims.queries * dims.keys, dims.batch * dims.heads, ctx);
 }
 
 // da[g] = scale * dscores[g] @ b[g]: [Tq, Tk] @ [Tk, dk].
 template <class T>
-void scores_backward_query(T* da, const T* dscores, const T* b, T scale, const AttentionDims& dims,
+void scores_backward_query(T* da, const T* dscores, const T* b, Accum<T> scale, const AttentionDims& dims,
                            const RunContext& ctx) {
   op::gemm_strided_batched(da, dscores, b, Transpose::kNo, Transpose::kNo, dims.queries, dims.d_k, dims.keys,
-                           scale, T(0), dims.keys, dims.d_k, dims.d_k, dims.queries * dims.keys,
+                           scale, Accum<T>(0), dims.keys, dims.d_k, dims.d_k, dims.queries * dims.keys,
                            dims.keys * dims.d_k, dims.queries * dims.d_k, dims.batch * dims.heads, ctx);
 }
 
 // db[g] = scale * dscores[g]^T @ a[g]: [Tk, Tq] @ [Tq, dk].
 template <class T>
-void scores_backward_key(T* db, const T* dscores, const T* a, T scale, const AttentionDims& dims,
+void scores_backward_key(T* db, const T* dscores, const T* a, Accum<T> scale, const AttentionDims& dims,
                          const RunContext& ctx) {
   op::gemm_strided_batched(db, dscores, a, Transpose::kYes, Transpose::kNo, dims.keys, dims.d_k, dims.queries,
-                           scale, T(0), dims.keys, dims.d_k, dims.d_k, dims.queries * dims.keys,
+                           scale, Accum<T>(0), dims.keys, dims.d_k, dims.d_k, dims.queries * dims.keys,
                            dims.queries * dims.d_k, dims.keys * dims.d_k, dims.batch * dims.heads, ctx);
 }
 
 template <class T>
-T score_scale(const AttentionDims& dims) {
-  return static_cast<T>(1.0 / std::sqrt(static_cast<double>(dims.d_k)));
+Accum<T> score_scale(const AttentionDims& dims) {
+  return static_cast<Accum<T>>(1.0 / std::sqrt(static_cast<double>(dims.d_k)));
 }
 
 }  // namespace
@@ -189,9 +190,9 @@ void multi_head_attention_forward(MultiHeadAttentionSaved<T>* saved, T* out, con
   saved->q = activation_alloc<T>(ctx, groups * queries * dims.d_k);
   saved->k = activation_alloc<T>(ctx, groups * keys * dims.d_k);
   saved->v = activation_alloc<T>(ctx, groups * keys * dims.d_k);
-  project_to_heads(saved->q, query, p.linear_q, static_cast<const T*>(nullptr), dims, queries, ctx);
-  project_to_heads(saved->k, key, p.linear_k, static_cast<const T*>(nullptr), dims, keys, ctx);
-  project_to_heads(saved->v, value, p.linear_v, static_cast<const T*>(nullptr), dims, keys, ctx);
+  project_to_heads(saved->q, query, p.linear_q, static_cast<const Accum<T>*>(nullptr), dims, queries, ctx);
+  project_to_heads(saved->k, key, p.linear_k, static_cast<const Accum<T>*>(nullptr), dims, keys, ctx);
+  project_to_heads(saved->v, value, p.linear_v, static_cast<const Accum<T>*>(nullptr), dims, keys, ctx);
   T* scores = activation_alloc<T>(ctx, groups * queries * keys);
   scores_product(scores, saved->q, saved->k, score_scale<T>(dims), dims, ctx);
   attend_forward(out, &saved->probs, &saved->probs_dropped, &saved->context, scores, saved->v, mask,
@@ -209,7 +210,7 @@ void multi_head_attention_backward(T* dquery, T* dkey, T* dvalue, const MultiHea
   T* dv_heads = nullptr;
   attend_backward(&dscores, &dv_heads, dout, saved.probs, saved.probs_dropped, saved.context, saved.v,
                   p.linear_out, saved.dropout, dims, ctx);
-  const T scale = score_scale<T>(dims);
+  const Accum<T> scale = score_scale<T>(dims);
   T* dq_heads = activation_alloc<T>(ctx, groups * queries * dims.d_k);
   T* dk_heads = activation_alloc<T>(ctx, groups * keys * dims.d_k);
   scores_backward_query(dq_heads, dscores, saved.k, scale, dims, ctx);
@@ -248,30 +249,31 @@ void rel_position_attention_forward(RelPositionAttentionSaved<T>* saved, T* out,
                      d_model, ctx);
   saved->q_u = activation_alloc<T>(ctx, groups * queries * dims.d_k);
   saved->q_v = activation_alloc<T>(ctx, groups * queries * dims.d_k);
-  op::split_heads_forward(saved->q_u, q_flat, static_cast<const T*>(p.pos_bias_u.value), batch, queries,
-                          heads, dims.d_k, ctx);
-  op::split_heads_forward(saved->q_v, q_flat, static_cast<const T*>(p.pos_bias_v.value), batch, queries,
-                          heads, dims.d_k, ctx);
+  op::split_heads_forward(saved->q_u, q_flat, static_cast<const Accum<T>*>(p.pos_bias_u.master), batch,
+                          queries, heads, dims.d_k, ctx);
+  op::split_heads_forward(saved->q_v, q_flat, static_cast<const Accum<T>*>(p.pos_bias_v.master), batch,
+                          queries, heads, dims.d_k, ctx);
   saved->k = activation_alloc<T>(ctx, groups * keys * dims.d_k);
   saved->v = activation_alloc<T>(ctx, groups * keys * dims.d_k);
-  project_to_heads(saved->k, key, p.linear_k, static_cast<const T*>(nullptr), dims, keys, ctx);
-  project_to_heads(saved->v, value, p.linear_v, static_cast<const T*>(nullptr), dims, keys, ctx);
+  project_to_heads(saved->k, key, p.linear_k, static_cast<const Accum<T>*>(nullptr), dims, keys, ctx);
+  project_to_heads(saved->v, value, p.linear_v, static_cast<const Accum<T>*>(nullptr), dims, keys, ctx);
   // p = linear_pos(pos_emb) as [H, Tk, dk]: a batch of one.
   T* p_flat = activation_alloc<T>(ctx, keys * d_model);
   op::linear_forward(p_flat, pos_emb, p.linear_pos.weight.value, static_cast<const T*>(nullptr), keys,
                      d_model, d_model, ctx);
   saved->p = activation_alloc<T>(ctx, heads * keys * dims.d_k);
-  op::split_heads_forward(saved->p, p_flat, static_cast<const T*>(nullptr), 1, keys, heads, dims.d_k, ctx);
+  op::split_heads_forward(saved->p, p_flat, static_cast<const Accum<T>*>(nullptr), 1, keys, heads, dims.d_k,
+                          ctx);
 
-  const T scale = score_scale<T>(dims);
+  const Accum<T> scale = score_scale<T>(dims);
   T* scores = activation_alloc<T>(ctx, groups * queries * keys);
   scores_product(scores, saved->q_u, saved->k, scale, dims, ctx);  // matrix_ac
   // matrix_bd: the same p for every batch element, so one batch-of-heads GEMM per utterance.
   for (int64_t b = 0; b < batch; ++b) {
     op::gemm_strided_batched(scores + b * heads * queries * keys, saved->q_v + b * heads * queries * dims.d_k,
-                             saved->p, Transpose::kNo, Transpose::kYes, queries, keys, dims.d_k, scale, T(1),
-                             dims.d_k, dims.d_k, keys, queries * dims.d_k, keys * dims.d_k, queries * keys,
-                             heads, ctx);
+                             saved->p, Transpose::kNo, Transpose::kYes, queries, keys, dims.d_k, scale,
+                             Accum<T>(1), dims.d_k, dims.d_k, keys, queries * dims.d_k, keys * dims.d_k,
+                             queries * keys, heads, ctx);
   }
   attend_forward(out, &saved->probs, &saved->probs_dropped, &saved->context, scores, saved->v, mask,
                  p.linear_out, saved->dropout, dims, ctx);
@@ -288,7 +290,7 @@ void rel_position_attention_backward(T* dquery, T* dkey, T* dvalue, T* dpos_emb,
   T* dv_heads = nullptr;
   attend_backward(&dscores, &dv_heads, dout, saved.probs, saved.probs_dropped, saved.context, saved.v,
                   p.linear_out, saved.dropout, dims, ctx);
-  const T scale = score_scale<T>(dims);
+  const Accum<T> scale = score_scale<T>(dims);
   const int64_t n_q = groups * queries * dims.d_k;
   // Through matrix_ac: d(q + u) and dk.
   T* dq_u = activation_alloc<T>(ctx, n_q);
@@ -301,14 +303,14 @@ void rel_position_attention_backward(T* dquery, T* dkey, T* dvalue, T* dpos_emb,
   for (int64_t b = 0; b < batch; ++b) {
     const T* ds = dscores + b * heads * queries * keys;
     op::gemm_strided_batched(dq_v + b * heads * queries * dims.d_k, ds, saved.p, Transpose::kNo,
-                             Transpose::kNo, queries, dims.d_k, keys, scale, T(0), keys, dims.d_k, dims.d_k,
-                             queries * keys, keys * dims.d_k, queries * dims.d_k, heads, ctx);
+                             Transpose::kNo, queries, dims.d_k, keys, scale, Accum<T>(0), keys, dims.d_k,
+                             dims.d_k, queries * keys, keys * dims.d_k, queries * dims.d_k, heads, ctx);
     op::gemm_strided_batched(dp_heads, ds, saved.q_v + b * heads * queries * dims.d_k, Transpose::kYes,
-                             Transpose::kNo, keys, dims.d_k, queries, scale, b == 0 ? T(0) : T(1), keys,
-                             dims.d_k, dims.d_k, queries * keys, queries * dims.d_k, keys * dims.d_k, heads,
-                             ctx);
+                             Transpose::kNo, keys, dims.d_k, queries, scale,
+                             b == 0 ? Accum<T>(0) : Accum<T>(1), keys, dims.d_k, dims.d_k, queries * keys,
+                             queries * dims.d_k, keys * dims.d_k, heads, ctx);
   }
-  if (batch == 0) op::fill_constant(dp_heads, T(0), heads * keys * dims.d_k, ctx);
+  if (batch == 0) op::fill_constant(dp_heads, Accum<T>(0), heads * keys * dims.d_k, ctx);
   if (p.pos_bias_u.grad != nullptr) {
     op::split_heads_backward(static_cast<T*>(nullptr), p.pos_bias_u.grad, dq_u, batch, queries, heads,
                              dims.d_k, ctx);
@@ -318,15 +320,15 @@ void rel_position_attention_backward(T* dquery, T* dkey, T* dvalue, T* dpos_emb,
                              dims.d_k, ctx);
   }
   // dq = d(q + u) + d(q + v_b), into dq_u.
-  op::add_scaled_inplace(dq_u, dq_v, T(1), n_q, ctx);
+  op::add_scaled_inplace(dq_u, dq_v, Accum<T>(1), n_q, ctx);
   project_to_heads_backward(dquery, dq_u, saved.query, p.linear_q, dims, queries, ctx);
   project_to_heads_backward(dkey, dk_heads, saved.key, p.linear_k, dims, keys, ctx);
   project_to_heads_backward(dvalue, dv_heads, saved.value, p.linear_v, dims, keys, ctx);
   // linear_pos: a batch of one over the Tk rows of pos_emb.
   T* dp_flat = activation_alloc<T>(ctx, keys * d_model);
-  op::split_heads_backward(dp_flat, static_cast<T*>(nullptr), dp_heads, 1, keys, heads, dims.d_k, ctx);
-  op::linear_backward(dpos_emb, p.linear_pos.weight.grad, static_cast<T*>(nullptr), dp_flat, saved.pos_emb,
-                      p.linear_pos.weight.value, keys, d_model, d_model, ctx);
+  op::split_heads_backward(dp_flat, static_cast<Accum<T>*>(nullptr), dp_heads, 1, keys, heads, dims.d_k, ctx);
+  op::linear_backward(dpos_emb, p.linear_pos.weight.grad, static_cast<Accum<T>*>(nullptr), dp_flat,
+                      saved.pos_emb, p.linear_pos.weight.value, keys, d_model, d_model, ctx);
 }
 
 #define MOEASR_INSTANTIATE_ATTENTION(T)                                                                      \
@@ -350,6 +352,7 @@ void rel_position_attention_backward(T* dquery, T* dkey, T* dvalue, T* dpos_emb,
 
 MOEASR_INSTANTIATE_ATTENTION(float)
 MOEASR_INSTANTIATE_ATTENTION(double)
+MOEASR_INSTANTIATE_ATTENTION(bf16)
 
 #undef MOEASR_INSTANTIATE_ATTENTION
 

@@ -81,23 +81,23 @@ void conformer_conv_forward(ConformerConvSaved<T>* saved, T* out, const T* x, co
   }
   // 6. Norm.
   saved->n = activation_alloc<T>(ctx, rows * d);
-  const T eps = static_cast<T>(p.norm.eps);
+  const auto eps = static_cast<Accum<T>>(p.norm.eps);
   if (p.norm_type == ConvNormType::kLayerNorm) {
-    saved->stat_a = activation_alloc<T>(ctx, rows);
-    saved->stat_b = activation_alloc<T>(ctx, rows);
-    op::layer_norm_forward(saved->n, saved->stat_a, saved->stat_b, saved->c, p.norm.weight.value,
-                           p.norm.bias.value, eps, rows, d, ctx);
+    saved->stat_a = activation_alloc<Accum<T>>(ctx, rows);
+    saved->stat_b = activation_alloc<Accum<T>>(ctx, rows);
+    op::layer_norm_forward(saved->n, saved->stat_a, saved->stat_b, saved->c, p.norm.weight.master,
+                           p.norm.bias.master, eps, rows, d, ctx);
   } else if (training) {
-    saved->stat_a = activation_alloc<T>(ctx, d);
-    saved->stat_b = activation_alloc<T>(ctx, d);
-    op::batch_norm_train_forward(saved->n, saved->stat_a, saved->stat_b, p.running_mean.value,
-                                 p.running_var.value, saved->c, p.norm.weight.value, p.norm.bias.value,
-                                 static_cast<T>(p.bn_momentum), eps, rows, d, ctx);
+    saved->stat_a = activation_alloc<Accum<T>>(ctx, d);
+    saved->stat_b = activation_alloc<Accum<T>>(ctx, d);
+    op::batch_norm_train_forward(saved->n, saved->stat_a, saved->stat_b, p.running_mean.master,
+                                 p.running_var.master, saved->c, p.norm.weight.master, p.norm.bias.master,
+                                 static_cast<Accum<T>>(p.bn_momentum), eps, rows, d, ctx);
   } else {
-    CHECK(p.running_mean.value != nullptr && p.running_var.value != nullptr)
+    CHECK(p.running_mean.master != nullptr && p.running_var.master != nullptr)
         << "BatchNorm eval needs running statistics";
-    op::batch_norm_eval_forward(saved->n, saved->c, p.running_mean.value, p.running_var.value,
-                                p.norm.weight.value, p.norm.bias.value, eps, rows, d, ctx);
+    op::batch_norm_eval_forward(saved->n, saved->c, p.running_mean.master, p.running_var.master,
+                                p.norm.weight.master, p.norm.bias.master, eps, rows, d, ctx);
   }
   // 7. Swish.
   saved->s = activation_alloc<T>(ctx, rows * d);
@@ -134,14 +134,14 @@ void conformer_conv_backward(T* dx, const ConformerConvSaved<T>& saved, const T*
   T* dc = dpre;  // dpre is dead; reuse it for dc
   if (p.norm_type == ConvNormType::kLayerNorm) {
     op::layer_norm_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, saved.stat_a, saved.stat_b,
-                            p.norm.weight.value, rows, d, ctx);
+                            p.norm.weight.master, rows, d, ctx);
   } else if (saved.training) {
     op::batch_norm_train_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, saved.stat_a,
-                                  saved.stat_b, p.norm.weight.value, rows, d, ctx);
+                                  saved.stat_b, p.norm.weight.master, rows, d, ctx);
   } else {
-    op::batch_norm_eval_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, p.running_mean.value,
-                                 p.running_var.value, p.norm.weight.value, static_cast<T>(p.norm.eps), rows,
-                                 d, ctx);
+    op::batch_norm_eval_backward(dc, p.norm.weight.grad, p.norm.bias.grad, ds, saved.c, p.running_mean.master,
+                                 p.running_var.master, p.norm.weight.master,
+                                 static_cast<Accum<T>>(p.norm.eps), rows, d, ctx);
   }
   // 5. Depthwise conv (causal: the gradient of the K-1 discarded leading outputs is 0).
   T* dg = activation_alloc<T>(ctx, prows * d);
@@ -166,20 +166,18 @@ void conformer_conv_backward(T* dx, const ConformerConvSaved<T>& saved, const T*
   if (dx != nullptr) op::masked_pad_rows_backward(dx, dxp, mask, batch, time, lpad, d, ctx);
 }
 
-template ConformerConvParams<float> bind_conformer_conv(ParameterStore<float>*, const std::string&,
-                                                        ConvNormType, bool);
-template ConformerConvParams<double> bind_conformer_conv(ParameterStore<double>*, const std::string&,
-                                                         ConvNormType, bool);
-template void conformer_conv_forward(ConformerConvSaved<float>*, float*, const float*, const uint8_t*,
-                                     const ConformerConvParams<float>&, int64_t, int64_t, bool,
-                                     const RunContext&);
-template void conformer_conv_forward(ConformerConvSaved<double>*, double*, const double*, const uint8_t*,
-                                     const ConformerConvParams<double>&, int64_t, int64_t, bool,
-                                     const RunContext&);
-template void conformer_conv_backward(float*, const ConformerConvSaved<float>&, const float*,
-                                      const ConformerConvParams<float>&, int64_t, int64_t, const RunContext&);
-template void conformer_conv_backward(double*, const ConformerConvSaved<double>&, const double*,
-                                      const ConformerConvParams<double>&, int64_t, int64_t,
-                                      const RunContext&);
+#define MOEASR_INSTANTIATE_CONFORMER_CONV(T)                                                                \
+  template ConformerConvParams<T> bind_conformer_conv(ParameterStore<T>*, const std::string&, ConvNormType, \
+                                                      bool);                                                \
+  template void conformer_conv_forward(ConformerConvSaved<T>*, T*, const T*, const uint8_t*,                \
+                                       const ConformerConvParams<T>&, int64_t, int64_t, bool,               \
+                                       const RunContext&);                                                  \
+  template void conformer_conv_backward(T*, const ConformerConvSaved<T>&, const T*,                         \
+                                        const ConformerConvParams<T>&, int64_t, int64_t, const RunContext&);
+
+MOEASR_INSTANTIATE_CONFORMER_CONV(float)
+MOEASR_INSTANTIATE_CONFORMER_CONV(double)
+MOEASR_INSTANTIATE_CONFORMER_CONV(bf16)
+#undef MOEASR_INSTANTIATE_CONFORMER_CONV
 
 }  // namespace moeasr

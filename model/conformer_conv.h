@@ -67,8 +67,8 @@ struct ConformerConvSaved {
   T* c = nullptr;                 // [B, T, d] depthwise output (norm input)
   T* n = nullptr;                 // [B, T, d] norm output (Swish input)
   T* s = nullptr;                 // [B, T, d] Swish output (pw2 input)
-  T* stat_a = nullptr;            // LayerNorm: mean [B*T]; BatchNorm training: batch mean [d]
-  T* stat_b = nullptr;            // LayerNorm: rstd [B*T]; BatchNorm training: batch rstd [d]
+  Accum<T>* stat_a = nullptr;     // LayerNorm: mean [B*T]; BatchNorm training: batch mean [d]
+  Accum<T>* stat_b = nullptr;     // LayerNorm: rstd [B*T]; BatchNorm training: batch rstd [d]
   const uint8_t* mask = nullptr;  // [B, T]
   bool training = false;          // BatchNorm mode of the forward
 };

@@ -18,7 +18,7 @@ constexpr uint64_t kSiteInsideFf = 3;
 
 template <class T>
 DecoderParams<T> bind_decoder(ParameterStore<T>* store, const std::string& prefix, int64_t num_blocks,
-                              const ModelConfig& config, const ExpertLayout& layout, const T* pe_table,
+                              const ModelConfig& config, const ExpertLayout& layout, const Accum<T>* pe_table,
                               uint64_t layer_id_base) {
   DecoderParams<T> p;
   p.config = config.decoder;
@@ -79,7 +79,7 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
     const uint64_t layer_id = p.layer_id_base + i;
     auto alloc = [&] { return activation_alloc<T>(ctx, nd); };
     ls.x0 = x;
-    ls.stats = activation_alloc<T>(ctx, 6 * n);
+    ls.stats = activation_alloc<Accum<T>>(ctx, 6 * n);
     ls.a1 = alloc();
     layer_norm_ref_forward(ls.a1, ls.stats, ls.stats + n, x, l.norm1, n, ctx);
     ls.s = alloc();
@@ -88,7 +88,7 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
                                  layer_id, kSelfAttentionDropoutSite, rng, ctx);
     branch_dropout_forward(ls.s, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn), ctx);
     ls.x1 = alloc();
-    op::residual_add_forward(ls.x1, x, ls.s, T(1), nd, ctx);
+    op::residual_add_forward(ls.x1, x, ls.s, Accum<T>(1), nd, ctx);
 
     ls.a2 = alloc();
     layer_norm_ref_forward(ls.a2, ls.stats + 2 * n, ls.stats + 3 * n, ls.x1, l.norm2, n, ctx);
@@ -98,7 +98,7 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
                                  layer_id, kSrcAttentionDropoutSite, rng, ctx);
     branch_dropout_forward(ls.c, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSrcAttn), ctx);
     ls.x2 = alloc();
-    op::residual_add_forward(ls.x2, ls.x1, ls.c, T(1), nd, ctx);
+    op::residual_add_forward(ls.x2, ls.x1, ls.c, Accum<T>(1), nd, ctx);
 
     ls.a3 = alloc();
     layer_norm_ref_forward(ls.a3, ls.stats + 4 * n, ls.stats + 5 * n, ls.x2, l.norm3, n, ctx);
@@ -107,11 +107,11 @@ void decoder_forward(DecoderSaved<T>* s, const int32_t* tokens, const int32_t* t
                          kSiteInsideFf, rng, ctx);
     branch_dropout_forward(ls.f, nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterFf), ctx);
     ls.x3 = alloc();
-    op::residual_add_forward(ls.x3, ls.x2, ls.f, T(1), nd, ctx);
+    op::residual_add_forward(ls.x3, ls.x2, ls.f, Accum<T>(1), nd, ctx);
     x = ls.x3;
   }
   s->before_norm = const_cast<T*>(x);
-  s->norm_stats = activation_alloc<T>(ctx, 2 * n);
+  s->norm_stats = activation_alloc<Accum<T>>(ctx, 2 * n);
   s->normed = activation_alloc<T>(ctx, nd);
   layer_norm_ref_forward(s->normed, s->norm_stats, s->norm_stats + n, x, p.after_norm, n, ctx);
   s->logits = activation_alloc<T>(ctx, n * p.vocab);
@@ -129,7 +129,7 @@ void decoder_backward(T* dmemory, const DecoderSaved<T>& s, const T* dlogits, co
                       p.output_layer.weight.value, n, d, p.vocab, ctx);
   T* dx = activation_alloc<T>(ctx, nd);
   op::layer_norm_backward(dx, p.after_norm.weight.grad, p.after_norm.bias.grad, dnormed, s.before_norm,
-                          s.norm_stats, s.norm_stats + n, p.after_norm.weight.value, n, d, ctx);
+                          s.norm_stats, s.norm_stats + n, p.after_norm.weight.master, n, d, ctx);
   T* dbranch = activation_alloc<T>(ctx, nd);
   T* da = activation_alloc<T>(ctx, nd);
   T* dk = activation_alloc<T>(ctx, nd);
@@ -141,25 +141,26 @@ void decoder_backward(T* dmemory, const DecoderSaved<T>& s, const T* dlogits, co
     const DecoderLayerSaved<T>& ls = s.layers[i];
     const uint64_t layer_id = p.layer_id_base + i;
     // x3 = x2 + drop(ffn(norm3(x2)))
-    branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterFf), ctx);
+    branch_dropout_backward(dbranch, dx, Accum<T>(1), nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterFf),
+                            ctx);
     feed_forward_backward(da, ls.ff, dbranch, l.feed_forward, dispatcher, n, layer_id, kSiteInsideFf, rng,
                           ctx);
     layer_norm_ref_backward_add(dx, da, ls.x2, ls.stats + 4 * n, ls.stats + 5 * n, l.norm3, n, ctx);
     // x2 = x1 + drop(src_attn(norm2(x1), memory, memory))
-    branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSrcAttn),
-                            ctx);
+    branch_dropout_backward(dbranch, dx, Accum<T>(1), nd,
+                            rng.site(cfg.dropout_rate, layer_id, kSiteAfterSrcAttn), ctx);
     multi_head_attention_backward(da, dmem_k, dmem_v, ls.src_attn, dbranch, l.src_attn, s.batch, s.steps,
                                   s.frames, d, cfg.attention_heads, ctx);
-    op::add_scaled_inplace(dmemory, dmem_k, T(1), md, ctx);
-    op::add_scaled_inplace(dmemory, dmem_v, T(1), md, ctx);
+    op::add_scaled_inplace(dmemory, dmem_k, Accum<T>(1), md, ctx);
+    op::add_scaled_inplace(dmemory, dmem_v, Accum<T>(1), md, ctx);
     layer_norm_ref_backward_add(dx, da, ls.x1, ls.stats + 2 * n, ls.stats + 3 * n, l.norm2, n, ctx);
     // x1 = x0 + drop(self_attn(norm1(x0)))
-    branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn),
-                            ctx);
+    branch_dropout_backward(dbranch, dx, Accum<T>(1), nd,
+                            rng.site(cfg.dropout_rate, layer_id, kSiteAfterSelfAttn), ctx);
     multi_head_attention_backward(da, dk, dv, ls.self_attn, dbranch, l.self_attn, s.batch, s.steps, s.steps,
                                   d, cfg.attention_heads, ctx);
-    op::add_scaled_inplace(da, dk, T(1), nd, ctx);
-    op::add_scaled_inplace(da, dv, T(1), nd, ctx);
+    op::add_scaled_inplace(da, dk, Accum<T>(1), nd, ctx);
+    op::add_scaled_inplace(da, dv, Accum<T>(1), nd, ctx);
     layer_norm_ref_backward_add(dx, da, ls.x0, ls.stats, ls.stats + n, l.norm1, n, ctx);
   }
   T* demb = activation_alloc<T>(ctx, nd);
@@ -169,7 +170,8 @@ void decoder_backward(T* dmemory, const DecoderSaved<T>& s, const T* dlogits, co
 
 #define MOEASR_INSTANTIATE_DECODER(T)                                                                      \
   template DecoderParams<T> bind_decoder<T>(ParameterStore<T>*, const std::string&, int64_t,               \
-                                            const ModelConfig&, const ExpertLayout&, const T*, uint64_t);  \
+                                            const ModelConfig&, const ExpertLayout&, const Accum<T>*,      \
+                                            uint64_t);                                                     \
   template void decoder_forward<T>(DecoderSaved<T>*, const int32_t*, const int32_t*, const T*,             \
                                    const uint8_t*, const DecoderParams<T>&, ExpertDispatcher<T>*, int64_t, \
                                    int64_t, int64_t, const StepRng&, const RunContext&);                   \
@@ -177,5 +179,6 @@ void decoder_backward(T* dmemory, const DecoderSaved<T>& s, const T* dlogits, co
                                     ExpertDispatcher<T>*, const StepRng&, const RunContext&);
 MOEASR_INSTANTIATE_DECODER(float)
 MOEASR_INSTANTIATE_DECODER(double)
+MOEASR_INSTANTIATE_DECODER(bf16)
 
 }  // namespace moeasr

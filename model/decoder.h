@@ -43,7 +43,7 @@ struct DecoderParams {
 // prefix "decoder.left_decoder" or "decoder.right_decoder".
 template <class T>
 DecoderParams<T> bind_decoder(ParameterStore<T>* store, const std::string& prefix, int64_t num_blocks,
-                              const ModelConfig& config, const ExpertLayout& layout, const T* pe_table,
+                              const ModelConfig& config, const ExpertLayout& layout, const Accum<T>* pe_table,
                               uint64_t layer_id_base);
 
 template <class T>
@@ -52,7 +52,7 @@ struct DecoderLayerSaved {
   T *a1 = nullptr, *s = nullptr, *x1 = nullptr;
   T *a2 = nullptr, *c = nullptr, *x2 = nullptr;
   T *a3 = nullptr, *f = nullptr, *x3 = nullptr;
-  T* stats = nullptr;  // [3, 2, B*U]
+  Accum<T>* stats = nullptr;  // [3, 2, B*U]
   MultiHeadAttentionSaved<T> self_attn, src_attn;
   FeedForwardSaved<T> ff;
 };
@@ -68,10 +68,10 @@ struct DecoderSaved {
   uint8_t* src_mask = nullptr;               // [B, U, L]
   const T* memory = nullptr;                 // [B, L, d] encoder output
   std::vector<DecoderLayerSaved<T>> layers;
-  T* before_norm = nullptr;  // [B, U, d]
-  T* norm_stats = nullptr;   // [2, B*U]
-  T* normed = nullptr;       // [B, U, d]
-  T* logits = nullptr;       // [B, U, V]
+  T* before_norm = nullptr;        // [B, U, d]
+  Accum<T>* norm_stats = nullptr;  // [2, B*U]
+  T* normed = nullptr;             // [B, U, d]
+  T* logits = nullptr;             // [B, U, V]
 };
 
 // tokens [B, U] (sos-prefixed, eos-padded), token_lengths [B]; memory [B, L, d] with memory_valid [B, L].

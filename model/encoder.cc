@@ -47,8 +47,8 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
                              const RunContext& ctx) {
   const int64_t n = batch * length, nd = n * d;
   s->x0 = x0;
-  s->stats = activation_alloc<T>(ctx, 10 * n);
-  T* st = s->stats;
+  s->stats = activation_alloc<Accum<T>>(ctx, 10 * n);
+  Accum<T>* st = s->stats;
   auto alloc = [&] { return activation_alloc<T>(ctx, nd); };
 
   // Macaron FFN, half step.
@@ -59,7 +59,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
                        kSiteInsideFfMacaron, rng, ctx);
   branch_dropout_forward(s->f1, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFfMacaron), ctx);
   s->x1 = alloc();
-  op::residual_add_forward(s->x1, x0, s->f1, T(0.5), nd, ctx);
+  op::residual_add_forward(s->x1, x0, s->f1, Accum<T>(0.5), nd, ctx);
 
   // Relative-position self-attention.
   s->a2 = alloc();
@@ -70,7 +70,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
                                  kSelfAttentionDropoutSite, rng, ctx);
   branch_dropout_forward(s->m, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterAttention), ctx);
   s->x2 = alloc();
-  op::residual_add_forward(s->x2, s->x1, s->m, T(1), nd, ctx);
+  op::residual_add_forward(s->x2, s->x1, s->m, Accum<T>(1), nd, ctx);
 
   // Convolution module.
   s->a3 = alloc();
@@ -79,7 +79,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
   conformer_conv_forward(&s->conv, s->c, s->a3, valid, p.conv_module, batch, length, training, ctx);
   branch_dropout_forward(s->c, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterConv), ctx);
   s->x3 = alloc();
-  op::residual_add_forward(s->x3, s->x2, s->c, T(1), nd, ctx);
+  op::residual_add_forward(s->x3, s->x2, s->c, Accum<T>(1), nd, ctx);
 
   // Second FFN, half step.
   s->a4 = alloc();
@@ -89,7 +89,7 @@ void conformer_layer_forward(ConformerLayerSaved<T>* s, T* out, const T* x0, con
                        rng, ctx);
   branch_dropout_forward(s->f2, nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFf), ctx);
   s->x4 = alloc();
-  op::residual_add_forward(s->x4, s->x3, s->f2, T(0.5), nd, ctx);
+  op::residual_add_forward(s->x4, s->x3, s->f2, Accum<T>(0.5), nd, ctx);
 
   layer_norm_ref_forward(out, st + 8 * n, st + 9 * n, s->x4, p.norm_final, n, ctx);
 }
@@ -100,40 +100,42 @@ void conformer_layer_backward(T* dx0, const ConformerLayerSaved<T>& s, const T* 
                               ExpertDispatcher<T>* dispatcher, int64_t batch, int64_t length, int64_t d,
                               uint64_t layer_id, const StepRng& rng, const RunContext& ctx) {
   const int64_t n = batch * length, nd = n * d;
-  const T* st = s.stats;
+  const Accum<T>* st = s.stats;
   auto alloc = [&] { return activation_alloc<T>(ctx, nd); };
 
   // The trunk gradient dx, updated in place from x4 back to x0.
   T* dx = dx0;
   op::layer_norm_backward(dx, p.norm_final.weight.grad, p.norm_final.bias.grad, dout, s.x4, st + 8 * n,
-                          st + 9 * n, p.norm_final.weight.value, n, d, ctx);
+                          st + 9 * n, p.norm_final.weight.master, n, d, ctx);
 
   T* dbranch = alloc();
   T* da = alloc();
   // x4 = x3 + 0.5 * drop(f2)
-  branch_dropout_backward(dbranch, dx, T(0.5), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFf), ctx);
+  branch_dropout_backward(dbranch, dx, Accum<T>(0.5), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFf),
+                          ctx);
   feed_forward_backward(da, s.ff, dbranch, p.feed_forward, dispatcher, n, layer_id, kSiteInsideFf, rng, ctx);
   layer_norm_ref_backward_add(dx, da, s.x3, st + 6 * n, st + 7 * n, p.norm_ff, n, ctx);
 
   // x3 = x2 + drop(conv(LN(x2)))
-  branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterConv), ctx);
+  branch_dropout_backward(dbranch, dx, Accum<T>(1), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterConv),
+                          ctx);
   conformer_conv_backward(da, s.conv, dbranch, p.conv_module, batch, length, ctx);
   layer_norm_ref_backward_add(dx, da, s.x2, st + 4 * n, st + 5 * n, p.norm_conv, n, ctx);
 
   // x2 = x1 + drop(mhsa(LN(x1)))
-  branch_dropout_backward(dbranch, dx, T(1), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterAttention),
-                          ctx);
+  branch_dropout_backward(dbranch, dx, Accum<T>(1), nd,
+                          rng.site(enc.dropout_rate, layer_id, kSiteAfterAttention), ctx);
   T* dk = alloc();
   T* dv = alloc();
   rel_position_attention_backward(da, dk, dv, static_cast<T*>(nullptr), s.attn, dbranch, p.self_attn, batch,
                                   length, length, d, enc.attention_heads, ctx);
-  op::add_scaled_inplace(da, dk, T(1), nd, ctx);
-  op::add_scaled_inplace(da, dv, T(1), nd, ctx);
+  op::add_scaled_inplace(da, dk, Accum<T>(1), nd, ctx);
+  op::add_scaled_inplace(da, dv, Accum<T>(1), nd, ctx);
   layer_norm_ref_backward_add(dx, da, s.x1, st + 2 * n, st + 3 * n, p.norm_mha, n, ctx);
 
   // x1 = x0 + 0.5 * drop(ffn_mac(LN(x0)))
-  branch_dropout_backward(dbranch, dx, T(0.5), nd, rng.site(enc.dropout_rate, layer_id, kSiteAfterFfMacaron),
-                          ctx);
+  branch_dropout_backward(dbranch, dx, Accum<T>(0.5), nd,
+                          rng.site(enc.dropout_rate, layer_id, kSiteAfterFfMacaron), ctx);
   feed_forward_backward(da, s.ff_macaron, dbranch, p.feed_forward_macaron, dispatcher, n, layer_id,
                         kSiteInsideFfMacaron, rng, ctx);
   layer_norm_ref_backward_add(dx, da, s.x0, st + 0 * n, st + 1 * n, p.norm_ff_macaron, n, ctx);
@@ -143,7 +145,7 @@ void conformer_layer_backward(T* dx0, const ConformerLayerSaved<T>& s, const T* 
 
 template <class T>
 EncoderParams<T> bind_encoder(ParameterStore<T>* store, const ModelConfig& config, const ExpertLayout& layout,
-                              const T* pe_table) {
+                              const Accum<T>* pe_table) {
   EncoderParams<T> p;
   p.config = config.encoder;
   p.d_model = config.encoder.output_size;
@@ -162,7 +164,7 @@ EncoderParams<T> bind_encoder(ParameterStore<T>* store, const ModelConfig& confi
 }
 
 template <class T>
-void encoder_forward(EncoderSaved<T>* s, const T* feats, const int32_t* feat_lengths,
+void encoder_forward(EncoderSaved<T>* s, const Accum<T>* feats, const int32_t* feat_lengths,
                      const EncoderParams<T>& p, ExpertDispatcher<T>* dispatcher, int64_t chunk_size,
                      int64_t num_left_chunks, bool training, int64_t batch, int64_t frames,
                      const StepRng& rng, const RunContext& ctx) {
@@ -175,10 +177,11 @@ void encoder_forward(EncoderSaved<T>* s, const T* feats, const int32_t* feat_len
   s->length = length;
   const int64_t n = batch * length, nd = n * d;
 
-  s->normalized = activation_alloc<T>(ctx, batch * frames * f);
-  global_cmvn_forward(s->normalized, feats, p.cmvn, batch * frames, f, ctx);
+  s->normalized = activation_alloc<Accum<T>>(ctx, batch * frames * f);
+  global_cmvn_forward<T>(s->normalized, feats, p.cmvn, batch * frames, f, ctx);
   s->embedded = activation_alloc<T>(ctx, nd);
-  conv2d_subsampling4_forward(&s->embed, s->embedded, s->normalized, p.embed, batch, frames, f, ctx);
+  conv2d_subsampling4_forward(&s->embed, s->embedded, as_storage<T>(s->normalized, batch * frames * f, ctx),
+                              p.embed, batch, frames, f, ctx);
   int32_t* lengths = host_alloc<int32_t>(ctx, batch);
   conv2d_subsampling4_lengths(lengths, feat_lengths, batch);  // feat_lengths: host
   s->lengths_host = lengths;
@@ -204,7 +207,7 @@ void encoder_forward(EncoderSaved<T>* s, const T* feats, const int32_t* feat_len
     x = out;
   }
   s->before_norm = const_cast<T*>(x);
-  s->after_norm_stats = activation_alloc<T>(ctx, 2 * n);
+  s->after_norm_stats = activation_alloc<Accum<T>>(ctx, 2 * n);
   s->out = activation_alloc<T>(ctx, nd);
   layer_norm_ref_forward(s->out, s->after_norm_stats, s->after_norm_stats + n, x, p.after_norm, n, ctx);
 }
@@ -215,7 +218,7 @@ void encoder_backward(const EncoderSaved<T>& s, const T* dout, const EncoderPara
   const int64_t d = p.d_model, n = s.batch * s.length, nd = n * d;
   T* dcur = activation_alloc<T>(ctx, nd);
   op::layer_norm_backward(dcur, p.after_norm.weight.grad, p.after_norm.bias.grad, dout, s.before_norm,
-                          s.after_norm_stats, s.after_norm_stats + n, p.after_norm.weight.value, n, d, ctx);
+                          s.after_norm_stats, s.after_norm_stats + n, p.after_norm.weight.master, n, d, ctx);
   for (size_t k = p.layers.size(); k-- > 0;) {
     T* dprev = activation_alloc<T>(ctx, nd);
     conformer_layer_backward(dprev, s.layers[k], dcur, p.layers[k], p.config, dispatcher, s.batch, s.length,
@@ -229,15 +232,16 @@ void encoder_backward(const EncoderSaved<T>& s, const T* dout, const EncoderPara
                                p.input_dim, ctx);
 }
 
-#define MOEASR_INSTANTIATE_ENCODER(T)                                                                    \
-  template EncoderParams<T> bind_encoder<T>(ParameterStore<T>*, const ModelConfig&, const ExpertLayout&, \
-                                            const T*);                                                   \
-  template void encoder_forward<T>(EncoderSaved<T>*, const T*, const int32_t*, const EncoderParams<T>&,  \
-                                   ExpertDispatcher<T>*, int64_t, int64_t, bool, int64_t, int64_t,       \
-                                   const StepRng&, const RunContext&);                                   \
-  template void encoder_backward<T>(const EncoderSaved<T>&, const T*, const EncoderParams<T>&,           \
+#define MOEASR_INSTANTIATE_ENCODER(T)                                                                     \
+  template EncoderParams<T> bind_encoder<T>(ParameterStore<T>*, const ModelConfig&, const ExpertLayout&,  \
+                                            const Accum<T>*);                                             \
+  template void encoder_forward<T>(EncoderSaved<T>*, const Accum<T>*, const int32_t*,                     \
+                                   const EncoderParams<T>&, ExpertDispatcher<T>*, int64_t, int64_t, bool, \
+                                   int64_t, int64_t, const StepRng&, const RunContext&);                  \
+  template void encoder_backward<T>(const EncoderSaved<T>&, const T*, const EncoderParams<T>&,            \
                                     ExpertDispatcher<T>*, const StepRng&, const RunContext&);
 MOEASR_INSTANTIATE_ENCODER(float)
 MOEASR_INSTANTIATE_ENCODER(double)
+MOEASR_INSTANTIATE_ENCODER(bf16)
 
 }  // namespace moeasr

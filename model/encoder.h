@@ -38,7 +38,7 @@ struct ConformerLayerSaved {
   T *a2 = nullptr, *m = nullptr, *x2 = nullptr;   // LN_mha out, attention out, after residual
   T *a3 = nullptr, *c = nullptr, *x3 = nullptr;   // LN_conv out, conv module out, after residual
   T *a4 = nullptr, *f2 = nullptr, *x4 = nullptr;  // LN_ff out, FFN out, after residual
-  T* stats = nullptr;                             // [5, 2, B*L] mean/rstd of the five LayerNorms
+  Accum<T>* stats = nullptr;                      // [5, 2, B*L] mean/rstd of the five LayerNorms
   FeedForwardSaved<T> ff_macaron, ff;
   RelPositionAttentionSaved<T> attn;
   ConformerConvSaved<T> conv;
@@ -58,13 +58,13 @@ struct EncoderParams {
 
 template <class T>
 EncoderParams<T> bind_encoder(ParameterStore<T>* store, const ModelConfig& config, const ExpertLayout& layout,
-                              const T* pe_table);
+                              const Accum<T>* pe_table);
 
 // What the encoder's forward keeps for backward and hands to the decoders and the CTC head.
 template <class T>
 struct EncoderSaved {
   int64_t batch = 0, frames = 0, length = 0;  // B, T, L
-  T* normalized = nullptr;                    // [B, T, F] after CMVN
+  Accum<T>* normalized = nullptr;             // [B, T, F] after CMVN
   Conv2dSubsampling4Saved<T> embed;
   T* embedded = nullptr;                  // [B, L, d] subsampling output
   T* pos_x = nullptr;                     // [B, L, d] x * sqrt(d) (after dropout)
@@ -74,15 +74,15 @@ struct EncoderSaved {
   const int32_t* lengths = nullptr;       // [B] subsampled valid lengths (ctx.device memory)
   const int32_t* lengths_host = nullptr;  // [B] the same on the host
   std::vector<ConformerLayerSaved<T>> layers;
-  T* before_norm = nullptr;       // [B, L, d] last layer output
-  T* after_norm_stats = nullptr;  // [2, B*L]
-  T* out = nullptr;               // [B, L, d] encoder output
+  T* before_norm = nullptr;              // [B, L, d] last layer output
+  Accum<T>* after_norm_stats = nullptr;  // [2, B*L]
+  T* out = nullptr;                      // [B, L, d] encoder output
 };
 
 // feats [B, T, F] padded (ctx.device memory), feat_lengths [B] (host); chunk from sample_training_chunk /
 // decoding_chunk.
 template <class T>
-void encoder_forward(EncoderSaved<T>* saved, const T* feats, const int32_t* feat_lengths,
+void encoder_forward(EncoderSaved<T>* saved, const Accum<T>* feats, const int32_t* feat_lengths,
                      const EncoderParams<T>& p, ExpertDispatcher<T>* dispatcher, int64_t chunk_size,
                      int64_t num_left_chunks, bool training, int64_t batch, int64_t frames,
                      const StepRng& rng, const RunContext& ctx);

@@ -59,5 +59,6 @@ void LocalExpertDispatcher<T>::dispatch_backward(const T** dpermuted_rows, const
 
 template class LocalExpertDispatcher<float>;
 template class LocalExpertDispatcher<double>;
+template class LocalExpertDispatcher<bf16>;
 
 }  // namespace moeasr

@@ -56,6 +56,7 @@ ParamRef<T> bind_expert_block(ParameterStore<T>* store, const std::string& prefi
   }
   ParamRef<T> ref;
   ref.value = store->value(*e0);
+  ref.master = store->master(*e0);
   ref.grad = store->grad(*e0);
   ref.numel = n_local * e0->numel;
   return ref;
@@ -169,45 +170,74 @@ void moe_ffn_forward(MoeFfnSaved<T>* saved, T* out, const T* x, const uint8_t* t
   saved->n = n;
 
   // Router: logits [N, E] = x @ gate^T; top-k on the raw logits; softmax over the k selected.
+  // The gate's product is in T; top-k and the routing softmax run in Accum<T> (fp32 for a bf16 model).
   T* logits = activation_alloc<T>(ctx, n * n_experts);
   op::linear_forward(logits, x, p.gate.weight.value, static_cast<const T*>(nullptr), n, d, n_experts, ctx);
-  T* top_logits = activation_alloc<T>(ctx, n * k);  // [N, K]
+  Accum<T>* top_logits = activation_alloc<Accum<T>>(ctx, n * k);  // [N, K]
   saved->selected = activation_alloc<int32_t>(ctx, n * k);
-  op::moe_topk_forward(top_logits, saved->selected, logits, n, n_experts, k, ctx);
-  saved->routing_weights = activation_alloc<T>(ctx, n * k);
+  op::moe_topk_forward(top_logits, saved->selected, as_accum(logits, n * n_experts, ctx), n, n_experts, k,
+                       ctx);
+  saved->routing_weights = activation_alloc<Accum<T>>(ctx, n * k);
   op::moe_routing_softmax_forward(saved->routing_weights, top_logits, n, k, ctx);
 
-  // Permute the routed (token, slot) pairs expert-major: [M, D]. The per-expert counts go to the host
-  // (the exchange and the grouped Linears' row ranges are planned there; a sync on the GPU, ops.h).
+  // Permute the routed (token, slot) pairs expert-major: [M, D], then hand this rank's experts their
+  // rows, local-expert-major: [R, D].
   int64_t* expert_counts = activation_alloc<int64_t>(ctx, n_experts);
   int64_t* offsets = activation_alloc<int64_t>(ctx, n_experts + 1);
   saved->dest = activation_alloc<int32_t>(ctx, n * k);
-  const int64_t m = op::moe_permute_plan(expert_counts, offsets, saved->dest, saved->selected, token_mask, n,
-                                         n_experts, k, ctx);
-  saved->expert_counts = host_mirror(ctx, static_cast<const int64_t*>(expert_counts), n_experts);
-  saved->routed_rows = m;
-  T* permuted = activation_alloc<T>(ctx, m * d);
-  op::moe_permute_forward(permuted, x, saved->dest, n, m, k, d, ctx);
-
-  // Rows of this rank's experts, local-expert-major: [R, D].
-  dispatcher->dispatch_forward(&saved->dispatch, &saved->local_x, permuted, saved->expert_counts, n_experts,
-                               d, ctx);
+  int64_t r = 0;
+  saved->sizes_on_device = ctx.device != Device::cpu && layout.ep_size == 1;
+  if (saved->sizes_on_device) {
+    // GPU, every expert local: no host synchronisation. M stays on the device (offsets[E]); the row
+    // buffers take its bound N*k and the grouped Linears walk the device offsets, so rows [M, N*k)
+    // never reach a result (the row ops skip them, the grouped GEMMs never touch them). No exchange:
+    // the dispatcher is not called. The counts stay on the device for expert_load().
+    op::moe_permute_plan_on_device(expert_counts, offsets, saved->dest, saved->selected, token_mask, n,
+                                   n_experts, k, ctx);
+    const int64_t m_max = n * k;
+    saved->expert_counts = expert_counts;
+    saved->routed_rows = m_max;
+    T* permuted = activation_alloc<T>(ctx, m_max * d);
+    op::moe_permute_forward(permuted, x, saved->dest, n, m_max, k, d, ctx);
+    saved->local_x = permuted;
+    saved->dispatch = ExpertDispatchCounts{};
+    saved->dispatch.n_experts = n_experts;
+    saved->dispatch.n_local_experts = n_experts;
+    saved->dispatch.ep_size = 1;
+    saved->dispatch.sent_rows = m_max;
+    saved->dispatch.received_rows = m_max;
+    saved->local_offsets = offsets;
+    r = m_max;
+  } else {
+    // The per-expert counts go to the host: the exchange and the grouped Linears' row ranges are
+    // planned there (a host synchronisation on the GPU, ops.h).
+    const int64_t m = op::moe_permute_plan(expert_counts, offsets, saved->dest, saved->selected, token_mask,
+                                           n, n_experts, k, ctx);
+    saved->expert_counts = host_mirror(ctx, static_cast<const int64_t*>(expert_counts), n_experts);
+    saved->routed_rows = m;
+    T* permuted = activation_alloc<T>(ctx, m * d);
+    op::moe_permute_forward(permuted, x, saved->dest, n, m, k, d, ctx);
+    dispatcher->dispatch_forward(&saved->dispatch, &saved->local_x, permuted, saved->expert_counts, n_experts,
+                                 d, ctx);
+    const ExpertDispatchCounts& counts = saved->dispatch;
+    CHECK_EQ(counts.n_local_experts, p.n_local_experts) << "dispatcher's local expert count";
+    CHECK_EQ(counts.sent_rows, m) << "dispatcher's sent row count";
+    r = counts.received_rows;
+    // The local experts' row blocks for the grouped Linears.
+    int64_t* local_offsets = host_alloc<int64_t>(ctx, p.n_local_experts + 1);
+    local_offsets[0] = 0;
+    for (int64_t e = 0; e < p.n_local_experts; ++e) {
+      CHECK_GE(counts.local_counts[e], 0);
+      local_offsets[e + 1] = local_offsets[e] + counts.local_counts[e];
+    }
+    CHECK_EQ(local_offsets[p.n_local_experts], r) << "per-local-expert counts vs received rows";
+    saved->local_offsets =
+        device_mirror(ctx, static_cast<const int64_t*>(local_offsets), p.n_local_experts + 1);
+  }
   const ExpertDispatchCounts& counts = saved->dispatch;
-  CHECK_EQ(counts.n_local_experts, p.n_local_experts) << "dispatcher's local expert count";
-  CHECK_EQ(counts.sent_rows, m) << "dispatcher's sent row count";
-  const int64_t r = counts.received_rows;
 
   // Experts: w_1 as one grouped Linear over the local experts' row blocks, activation and dropout
   // over all R rows at once, w_2 as one grouped Linear.
-  int64_t* local_offsets = host_alloc<int64_t>(ctx, p.n_local_experts + 1);
-  local_offsets[0] = 0;
-  for (int64_t e = 0; e < p.n_local_experts; ++e) {
-    CHECK_GE(counts.local_counts[e], 0);
-    local_offsets[e + 1] = local_offsets[e] + counts.local_counts[e];
-  }
-  CHECK_EQ(local_offsets[p.n_local_experts], r) << "per-local-expert counts vs received rows";
-  saved->local_offsets =
-      device_mirror(ctx, static_cast<const int64_t*>(local_offsets), p.n_local_experts + 1);
   saved->hidden_pre = activation_alloc<T>(ctx, r * f);
   saved->hidden = activation_alloc<T>(ctx, r * f);
   T* local_out = activation_alloc<T>(ctx, r * d);  // [R, D]
@@ -222,8 +252,13 @@ void moe_ffn_forward(MoeFfnSaved<T>* saved, T* out, const T* x, const uint8_t* t
                              p.n_local_experts, f, d, ctx);
 
   // Back to this rank's permuted order, then out[n] = sum_j w[n, j] * y[dest[n, j]] in slot order.
-  dispatcher->combine_forward(&saved->permuted_out, local_out, counts, d, ctx);
-  op::moe_unpermute_forward(out, saved->permuted_out, saved->routing_weights, saved->dest, n, m, k, d, ctx);
+  if (saved->sizes_on_device) {
+    saved->permuted_out = local_out;
+  } else {
+    dispatcher->combine_forward(&saved->permuted_out, local_out, counts, d, ctx);
+  }
+  op::moe_unpermute_forward(out, saved->permuted_out, saved->routing_weights, saved->dest, n,
+                            saved->routed_rows, k, d, ctx);
 }
 
 template <class T>
@@ -239,13 +274,13 @@ void moe_ffn_backward(T* dx, const MoeFfnSaved<T>& saved, const T* dout, const M
 
   // Combine: dy [M, D] = w * dout per pair; dweights [N, K] = dout . y.
   T* dpermuted_out = activation_alloc<T>(ctx, m * d);
-  T* dweights = activation_alloc<T>(ctx, n * k);
+  Accum<T>* dweights = activation_alloc<Accum<T>>(ctx, n * k);
   op::moe_unpermute_backward(dpermuted_out, dweights, dout, saved.permuted_out, saved.routing_weights,
                              saved.dest, n, m, k, d, ctx);
 
   // Experts, in reverse.
-  const T* dlocal_out = nullptr;  // [R, D]
-  dispatcher->combine_backward(&dlocal_out, dpermuted_out, counts, d, ctx);
+  const T* dlocal_out = dpermuted_out;  // [R, D] (no exchange on the device-sized path)
+  if (!saved.sizes_on_device) dispatcher->combine_backward(&dlocal_out, dpermuted_out, counts, d, ctx);
   T* dhidden = activation_alloc<T>(ctx, r * f);  // [R, F]
   op::grouped_linear_backward(dhidden, p.w_2_weight.grad, p.w_2_bias.grad, dlocal_out,
                               static_cast<const T*>(saved.hidden), p.w_2_weight.value, saved.local_offsets, r,
@@ -257,21 +292,24 @@ void moe_ffn_backward(T* dx, const MoeFfnSaved<T>& saved, const T* dout, const M
   op::grouped_linear_backward(dlocal_x, p.w_1_weight.grad, p.w_1_bias.grad, static_cast<const T*>(dhidden),
                               saved.local_x, p.w_1_weight.value, saved.local_offsets, r, p.n_local_experts, d,
                               f, ctx);
-  const T* dpermuted = nullptr;  // [M, D]
-  dispatcher->dispatch_backward(&dpermuted, dlocal_x, counts, d, ctx);
+  const T* dpermuted = dlocal_x;  // [M, D]
+  if (!saved.sizes_on_device) dispatcher->dispatch_backward(&dpermuted, dlocal_x, counts, d, ctx);
 
   // dx through the experts: sum over each token's slots (zero for unrouted tokens).
   op::moe_permute_backward(dx, dpermuted, saved.dest, n, m, k, d, ctx);
 
   // dx through the router: routing softmax -> top-k scatter -> gate.
-  T* dtop_logits = activation_alloc<T>(ctx, n * k);
-  op::moe_routing_softmax_backward(dtop_logits, dweights, saved.routing_weights, n, k, ctx);
-  T* dlogits = activation_alloc<T>(ctx, n * n_experts);
-  op::moe_topk_backward(dlogits, dtop_logits, saved.selected, n, n_experts, k, ctx);
+  Accum<T>* dtop_logits = activation_alloc<Accum<T>>(ctx, n * k);
+  op::moe_routing_softmax_backward(dtop_logits, static_cast<const Accum<T>*>(dweights), saved.routing_weights,
+                                   n, k, ctx);
+  Accum<T>* dlogits = activation_alloc<Accum<T>>(ctx, n * n_experts);
+  op::moe_topk_backward(dlogits, static_cast<const Accum<T>*>(dtop_logits), saved.selected, n, n_experts, k,
+                        ctx);
   T* dx_router = activation_alloc<T>(ctx, n * d);
-  op::linear_backward(dx_router, p.gate.weight.grad, static_cast<T*>(nullptr), dlogits, saved.x,
-                      p.gate.weight.value, n, d, n_experts, ctx);
-  op::add_scaled_inplace(dx, dx_router, T(1), n * d, ctx);
+  op::linear_backward(dx_router, p.gate.weight.grad, static_cast<Accum<T>*>(nullptr),
+                      as_storage<T>(dlogits, n * n_experts, ctx), saved.x, p.gate.weight.value, n, d,
+                      n_experts, ctx);
+  op::add_scaled_inplace(dx, static_cast<const T*>(dx_router), Accum<T>(1), n * d, ctx);
 }
 
 #define MOEASR_INSTANTIATE_FFN(T)                                                                            \
@@ -291,6 +329,7 @@ void moe_ffn_backward(T* dx, const MoeFfnSaved<T>& saved, const T* dout, const M
 
 MOEASR_INSTANTIATE_FFN(float)
 MOEASR_INSTANTIATE_FFN(double)
+MOEASR_INSTANTIATE_FFN(bf16)
 
 #undef MOEASR_INSTANTIATE_FFN
 

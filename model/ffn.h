@@ -122,9 +122,12 @@ struct MoeFfnSaved {
   const T* x = nullptr;                    // [N, D] the forward input (caller's buffer)
   const uint8_t* token_mask = nullptr;     // [N] or null (caller's buffer)
   int32_t* selected = nullptr;             // [N, K] top-k expert ids (global), descending logit
-  T* routing_weights = nullptr;            // [N, K] softmax over the selected logits
-  const int64_t* expert_counts = nullptr;  // [E] host: routed rows per global expert (this rank's
-                                           // tokens), the load statistics of the last forward
+  Accum<T>* routing_weights = nullptr;     // [N, K] softmax over the selected logits
+  const int64_t* expert_counts = nullptr;  // [E] routed rows per global expert (this rank's tokens),
+                                           // the load statistics: host memory, or ctx.device memory
+                                           // when sizes_on_device
+  bool sizes_on_device = false;            // GPU with every expert local: M and the counts stay on the
+                                           // device, routed_rows and R are the bound N*k, no exchange
   int32_t* dest = nullptr;                 // [N, K] permuted row of each pair, -1 for unrouted tokens
   ExpertDispatchCounts dispatch;           // counts of the exchange (R, per-local-expert rows)
   const T* local_x = nullptr;              // [R, D] local experts' input rows (dispatcher-owned/arena)
@@ -134,7 +137,7 @@ struct MoeFfnSaved {
   T* hidden = nullptr;                     // [R, F] dropout(act(hidden_pre))
   const T* permuted_out = nullptr;         // [M, D] expert outputs back in this rank's permuted order
   int64_t n = 0;                           // N
-  int64_t routed_rows = 0;                 // M
+  int64_t routed_rows = 0;                 // M (sizes_on_device: the bound N*k)
 };
 
 // The dispatcher decides where the local experts' rows come from; its layout() must match the one

@@ -23,12 +23,12 @@ GlobalCmvnParams<T> bind_global_cmvn(ParameterStore<T>* store, const std::string
 }
 
 template <class T>
-void global_cmvn_forward(T* out, const T* x, const GlobalCmvnParams<T>& p, int64_t rows, int64_t feat,
-                         const RunContext& ctx) {
+void global_cmvn_forward(Accum<T>* out, const Accum<T>* x, const GlobalCmvnParams<T>& p, int64_t rows,
+                         int64_t feat, const RunContext& ctx) {
   CHECK_GE(rows, 0);
   CHECK_EQ(feat, p.dim) << "global CMVN has " << p.dim << " bins, features have " << feat;
-  op::cmvn_normalize_forward(out, x, static_cast<const T*>(p.mean.value), static_cast<const T*>(p.istd.value),
-                             rows, feat, ctx);
+  op::cmvn_normalize_forward(out, x, static_cast<const Accum<T>*>(p.mean.master),
+                             static_cast<const Accum<T>*>(p.istd.master), rows, feat, ctx);
 }
 
 // ---- Conv2dSubsampling4 -------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ void dropout_inplace(T* y, const DropoutSite& site, int64_t n, const RunContext&
 template <class T>
 void scaled_dropout_backward(T* dx, const T* dout, const PositionalEncodingParams<T>& p, int64_t n,
                              uint64_t layer_id, const StepRng& rng, const RunContext& ctx) {
-  const T xscale = static_cast<T>(std::sqrt(static_cast<double>(p.d_model)));
+  const auto xscale = static_cast<Accum<T>>(std::sqrt(static_cast<double>(p.d_model)));
   DropoutSite site = rng.site(p.dropout_rate, layer_id, kPosEncSiteX);
   if (site.active()) {
     op::dropout_backward(dx, dout, site.stream, site.rate, n, ctx);
@@ -175,10 +175,10 @@ void rel_positional_encoding_forward(T* out, T* pos_emb, const T* x, const Posit
   check_positional_sizes(p, offset, batch, time);
   const int64_t d = p.d_model;
   const int64_t n = batch * time * d;
-  const T xscale = static_cast<T>(std::sqrt(static_cast<double>(d)));
+  const auto xscale = static_cast<Accum<T>>(std::sqrt(static_cast<double>(d)));
   op::scale_forward(out, x, xscale, n, ctx);
   dropout_inplace(out, rng.site(p.dropout_rate, layer_id, kPosEncSiteX), n, ctx);
-  op::copy_elements(pos_emb, static_cast<const T*>(p.table + offset * d), time * d, ctx);
+  op::convert_elements(pos_emb, p.table + offset * d, time * d, ctx);
   dropout_inplace(pos_emb, rng.site(p.dropout_rate, layer_id, kPosEncSitePosEmb), time * d, ctx);
 }
 
@@ -196,9 +196,8 @@ void positional_encoding_forward(T* out, const T* x, const PositionalEncodingPar
                                  const RunContext& ctx) {
   check_positional_sizes(p, offset, batch, time);
   const int64_t d = p.d_model;
-  const T xscale = static_cast<T>(std::sqrt(static_cast<double>(d)));
-  op::scale_add_table_forward(out, x, static_cast<const T*>(p.table + offset * d), xscale, batch, time, d,
-                              ctx);
+  const auto xscale = static_cast<Accum<T>>(std::sqrt(static_cast<double>(d)));
+  op::scale_add_table_forward(out, x, p.table + offset * d, xscale, batch, time, d, ctx);
   dropout_inplace(out, rng.site(p.dropout_rate, layer_id, kPosEncSiteX), batch * time * d, ctx);
 }
 
@@ -212,8 +211,8 @@ void positional_encoding_backward(T* dx, const T* dout, const PositionalEncoding
 
 #define MOEASR_FRONT_END_INSTANTIATE(T)                                                                     \
   template GlobalCmvnParams<T> bind_global_cmvn(ParameterStore<T>*, const std::string&);                    \
-  template void global_cmvn_forward(T*, const T*, const GlobalCmvnParams<T>&, int64_t, int64_t,             \
-                                    const RunContext&);                                                     \
+  template void global_cmvn_forward(Accum<T>*, const Accum<T>*, const GlobalCmvnParams<T>&, int64_t,        \
+                                    int64_t, const RunContext&);                                            \
   template Conv2dSubsampling4Params<T> bind_conv2d_subsampling4(ParameterStore<T>*, const std::string&);    \
   template void conv2d_subsampling4_forward(Conv2dSubsampling4Saved<T>*, T*, const T*,                      \
                                             const Conv2dSubsampling4Params<T>&, int64_t, int64_t, int64_t,  \
@@ -221,7 +220,6 @@ void positional_encoding_backward(T* dx, const T* dout, const PositionalEncoding
   template void conv2d_subsampling4_backward(T*, const Conv2dSubsampling4Saved<T>&, const T*,               \
                                              const Conv2dSubsampling4Params<T>&, int64_t, int64_t, int64_t, \
                                              const RunContext&);                                            \
-  template void sinusoid_position_table(T*, int64_t, int64_t);                                              \
   template void rel_positional_encoding_forward(T*, T*, const T*, const PositionalEncodingParams<T>&,       \
                                                 int64_t, int64_t, int64_t, uint64_t, const StepRng&,        \
                                                 const RunContext&);                                         \
@@ -234,6 +232,9 @@ void positional_encoding_backward(T* dx, const T* dout, const PositionalEncoding
 
 MOEASR_FRONT_END_INSTANTIATE(float)
 MOEASR_FRONT_END_INSTANTIATE(double)
+MOEASR_FRONT_END_INSTANTIATE(bf16)
+template void sinusoid_position_table(float*, int64_t, int64_t);
+template void sinusoid_position_table(double*, int64_t, int64_t);
 #undef MOEASR_FRONT_END_INSTANTIATE
 
 }  // namespace moeasr

@@ -41,10 +41,11 @@ struct GlobalCmvnParams {
 template <class T>
 GlobalCmvnParams<T> bind_global_cmvn(ParameterStore<T>* store, const std::string& prefix);
 
-// out = (x - mean) * istd per bin; out may alias x. Forward only (the input is data).
+// out = (x - mean) * istd per bin; out may alias x. Forward only (the input is data). In Accum<T>: the
+// features come in fp32 whatever the model's storage type.
 template <class T>
-void global_cmvn_forward(T* out,      // [N, F]
-                         const T* x,  // [N, F]
+void global_cmvn_forward(Accum<T>* out,      // [N, F]
+                         const Accum<T>* x,  // [N, F]
                          const GlobalCmvnParams<T>& p, int64_t rows, int64_t feat, const RunContext& ctx);
 
 // ---- Conv2dSubsampling4 -------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ void sinusoid_position_table(T* pe,  // [max_len, d]
 
 template <class T>
 struct PositionalEncodingParams {
-  const T* table = nullptr;  // [max_len, d] from sinusoid_position_table
+  const Accum<T>* table = nullptr;  // [max_len, d] from sinusoid_position_table<Accum<T>>
   int64_t max_len = kPositionalEncodingMaxLen;
   int64_t d_model = 0;
   double dropout_rate = 0.0;  // positional_dropout_rate

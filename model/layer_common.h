@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "core/arena.h"
 #include "core/check.h"
@@ -20,11 +21,21 @@
 
 namespace moeasr {
 
-// A tensor of the model: its value and (for trainable tensors) its gradient, both flat in the store.
+// A tensor of the model as the ops see it. For float and double models `value` and `master` are the
+// same array; a bf16 model (ParameterStore<bf16>) reads `value` from the bf16 copy in its matrix
+// products and `master` (fp32) where the op takes fp32 parameters (norms, biases added in fp32, tables).
 template <class T>
 struct ParamRef {
-  T* value = nullptr;
-  T* grad = nullptr;  // null for buffers
+  ParamRef() = default;
+  // A float or double tensor whose value is its master (tests and host tools build these by hand).
+  ParamRef(Accum<T>* value_and_master, Accum<T>* gradient, int64_t elements)
+      : value(value_and_master), master(value_and_master), grad(gradient), numel(elements) {
+    static_assert(std::is_same_v<T, Accum<T>>, "a bf16 ParamRef needs its bf16 copy: bind it from a store");
+  }
+
+  const T* value = nullptr;    // the value in the storage type T
+  Accum<T>* master = nullptr;  // the trained value (buffers: updated in place, e.g. BatchNorm statistics)
+  Accum<T>* grad = nullptr;    // null for buffers
   int64_t numel = 0;
 };
 
@@ -49,6 +60,7 @@ ParamRef<T> bind_param(ParameterStore<T>* store, const std::string& name) {
   const ParamEntry& e = store->table->at(name);
   ParamRef<T> ref;
   ref.value = store->value(e);
+  ref.master = store->master(e);
   ref.grad = e.region == ParamRegion::kBuffer ? nullptr : store->grad(e);
   ref.numel = e.numel;
   return ref;
@@ -111,6 +123,31 @@ const T* host_mirror(const RunContext& ctx, const T* device, int64_t n) {
   T* copy = host_alloc<T>(ctx, n);
   op::copy_device_to_host(copy, device, n * static_cast<int64_t>(sizeof(T)), ctx);
   return copy;
+}
+
+// x [n] (ctx.device memory) as Accum<T>: the array itself when T is Accum<T>, else an fp32 copy in the
+// activation arena (the model's hand-over from bf16 storage to the fp32 routing and CTC ops).
+template <class T>
+const Accum<T>* as_accum(const T* x, int64_t n, const RunContext& ctx) {
+  if constexpr (std::is_same_v<T, Accum<T>>) {
+    return x;
+  } else {
+    Accum<T>* out = activation_alloc<Accum<T>>(ctx, n);
+    op::convert_elements(out, x, n, ctx);
+    return out;
+  }
+}
+
+// x [n] in Accum<T> as T: the array itself, or a copy rounded to T (bf16) in the activation arena.
+template <class T>
+const T* as_storage(const Accum<T>* x, int64_t n, const RunContext& ctx) {
+  if constexpr (std::is_same_v<T, Accum<T>>) {
+    return x;
+  } else {
+    T* out = activation_alloc<T>(ctx, n);
+    op::convert_elements(out, x, n, ctx);
+    return out;
+  }
 }
 
 // Where a dropout draws its mask: rate, and the Philox stream for this (step, layer, site).

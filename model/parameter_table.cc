@@ -320,6 +320,25 @@ void initialize_parameters(ParameterStore<T>* store, uint64_t seed) {
   }
 }
 
+ParameterStore<bf16>::ParameterStore(ParameterStore<float>* master_store, Arena* arena, const RunContext& ctx)
+    : table(master_store->table), masters(master_store) {
+  CHECK(arena != nullptr && arena->device() == ctx.device)
+      << "ParameterStore<bf16> needs an arena in " << device_name(ctx.device) << " memory";
+  CHECK(master_store->device() == ctx.device)
+      << "ParameterStore<bf16>: place the fp32 store on " << device_name(ctx.device) << " first";
+  for (int r = 0; r < kNumParamRegions; ++r) {
+    copies_[r] = arena->allocate_array<bf16>(table->region_numel(static_cast<ParamRegion>(r)));
+  }
+  refresh_copy(ctx);
+}
+
+void ParameterStore<bf16>::refresh_copy(const RunContext& ctx) {
+  for (int r = 0; r < kNumParamRegions; ++r) {
+    const auto region = static_cast<ParamRegion>(r);
+    op::convert_elements(copies_[r], masters->region_values(region), table->region_numel(region), ctx);
+  }
+}
+
 template struct ParameterStore<float>;
 template struct ParameterStore<double>;
 template void initialize_parameters<float>(ParameterStore<float>*, uint64_t);

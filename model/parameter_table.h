@@ -103,6 +103,8 @@ struct ParameterStore {
     return values[static_cast<int>(e.region)].data() + e.offset;
   }
   T* grad(const ParamEntry& e);  // CHECK-fails for buffers
+  // The trained value: the value itself (ParameterStore<bf16> below keeps the two apart).
+  T* master(const ParamEntry& e) { return value(e); }
   T* value(const std::string& name) { return value(table->at(name)); }
   T* grad(const std::string& name) { return grad(table->at(name)); }
   // The working copy of a region (host vector, or device memory after place_on).
@@ -122,6 +124,27 @@ struct ParameterStore {
   Device device_ = Device::cpu;
   T* device_values_[kNumParamRegions] = {nullptr, nullptr, nullptr};
   T* device_grads_[kNumParamRegions] = {nullptr, nullptr, nullptr};
+};
+
+// The parameters as a model that stores its activations in bf16 binds them (U2ppModel<bf16>, CUDA
+// only): the fp32 masters and gradients stay in `masters` (the optimizer, the gradient all-reduce and
+// checkpoints use that store); value() is a bf16 copy of every value in memory of ctx.device, which
+// refresh_copy() re-rounds from the masters (round to nearest even; the model does it at the start of
+// each forward, so the copy is never older than the last optimizer step).
+template <>
+struct ParameterStore<bf16> {
+  const ParameterTable* table = nullptr;
+  ParameterStore<float>* masters = nullptr;
+
+  // Allocates the copy in `arena` (memory of ctx.device, living as long as the model) and fills it.
+  ParameterStore(ParameterStore<float>* masters, Arena* arena, const RunContext& ctx);
+  bf16* value(const ParamEntry& e) { return copies_[static_cast<int>(e.region)] + e.offset; }
+  float* master(const ParamEntry& e) { return masters->value(e); }
+  float* grad(const ParamEntry& e) { return masters->grad(e); }
+  void refresh_copy(const RunContext& ctx);
+
+ private:
+  bf16* copies_[kNumParamRegions] = {nullptr, nullptr, nullptr};
 };
 
 // Fills every tensor by its init rule from a Philox stream keyed by (seed, kInit, hash of the name),

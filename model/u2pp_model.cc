@@ -1,6 +1,8 @@
 // model/u2pp_model.cc — U2++ forward, joint loss and backward (see u2pp_model.h).
 #include "model/u2pp_model.h"
 
+#include <type_traits>
+
 #include "kernels/cpu/ctc_loss.h"  // ctc_loss_alpha_size
 #include "kernels/ops.h"
 #include "model/targets.h"
@@ -16,12 +18,12 @@ U2ppModel<T>::U2ppModel(const ModelConfig& config, ParameterStore<T>* store, Exp
   const int64_t d = config.encoder.output_size;
   pe_table_.resize(static_cast<size_t>(kPositionalEncodingMaxLen * d));
   sinusoid_position_table(pe_table_.data(), kPositionalEncodingMaxLen, d);
-  encoder_ = bind_encoder(store, config, layout, pe_table_.data());
+  encoder_ = bind_encoder(store, config, layout, static_cast<const Accum<T>*>(pe_table_.data()));
   left_ = bind_decoder(store, "decoder.left_decoder", config.decoder.num_blocks, config, layout,
-                       pe_table_.data(), kLeftDecoderLayerIdBase);
+                       static_cast<const Accum<T>*>(pe_table_.data()), kLeftDecoderLayerIdBase);
   if (config.decoder.r_num_blocks > 0) {
     right_ = bind_decoder(store, "decoder.right_decoder", config.decoder.r_num_blocks, config, layout,
-                          pe_table_.data(), kRightDecoderLayerIdBase);
+                          static_cast<const Accum<T>*>(pe_table_.data()), kRightDecoderLayerIdBase);
   }
   ctc_lo_ = bind_linear(store, "ctc.ctc_lo");
 }
@@ -31,16 +33,19 @@ void U2ppModel<T>::place_tables(Arena* arena, const RunContext& ctx) {
   CHECK(arena != nullptr && arena->device() == ctx.device)
       << "U2ppModel::place_tables needs an arena in " << device_name(ctx.device) << " memory";
   const int64_t n = static_cast<int64_t>(pe_table_.size());
-  T* table = arena->allocate_array<T>(n);
-  op::copy_host_to_device(table, pe_table_.data(), n * static_cast<int64_t>(sizeof(T)), ctx);
+  Accum<T>* table = arena->allocate_array<Accum<T>>(n);
+  op::copy_host_to_device(table, pe_table_.data(), n * static_cast<int64_t>(sizeof(Accum<T>)), ctx);
   encoder_.pos_enc.table = table;
   left_.pos_enc.table = table;
   right_.pos_enc.table = table;
 }
 
 template <class T>
-U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptions& options,
+U2ppLoss U2ppModel<T>::forward(const U2ppBatch<Accum<T>>& batch, const U2ppForwardOptions& options,
                                const StepRng& rng, const RunContext& ctx) {
+  // A bf16 model's weights are the bf16 copy of the fp32 masters: re-round it from the masters the
+  // optimizer updated (one conversion over the parameters per forward).
+  if constexpr (std::is_same_v<T, bf16>) store_->refresh_copy(ctx);
   batch_ = batch;
   options_ = options;
   const int64_t b = batch.batch, v = config_.vocab_size, lt = batch.max_text;
@@ -60,16 +65,19 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptio
     T* logits = activation_alloc<T>(ctx, b * l * v);
     op::linear_forward(logits, encoder_saved_.out, ctc_lo_.weight.value, ctc_lo_.bias.value, b * l, d, v,
                        ctx);
-    ctc_log_probs_ = activation_alloc<T>(ctx, b * l * v);
-    op::log_softmax_forward(ctc_log_probs_, logits, static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
-    ctc_log_alpha_ = activation_alloc<T>(ctx, b * ctc_loss_alpha_size(l, lt));
-    T* per_utt = activation_alloc<T>(ctx, b);
-    T* total = activation_alloc<T>(ctx, 1);
+    // log_softmax and the CTC loss in Accum<T> (fp32 for a bf16 model).
+    ctc_log_probs_ = activation_alloc<Accum<T>>(ctx, b * l * v);
+    op::log_softmax_forward(ctc_log_probs_, as_accum(static_cast<const T*>(logits), b * l * v, ctx),
+                            static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
+    ctc_log_alpha_ = activation_alloc<Accum<T>>(ctx, b * ctc_loss_alpha_size(l, lt));
+    Accum<T>* per_utt = activation_alloc<Accum<T>>(ctx, b);
+    Accum<T>* total = activation_alloc<Accum<T>>(ctx, 1);
     text_ = device_mirror(ctx, batch.text, b * lt);
     text_lengths_ = device_mirror(ctx, batch.text_lengths, b);
     op::ctc_loss_forward(per_utt, total, ctc_log_alpha_, ctc_log_probs_, encoder_saved_.lengths, text_,
                          text_lengths_, b, l, v, lt, ctx);
-    loss.ctc = static_cast<double>(*host_mirror(ctx, static_cast<const T*>(total), 1)) / ctc_normalizer_;
+    loss.ctc =
+        static_cast<double>(*host_mirror(ctx, static_cast<const Accum<T>*>(total), 1)) / ctc_normalizer_;
   }
 
   if (run_att_) {
@@ -92,13 +100,13 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptio
     }
     decoder_forward(&left_saved_, ys_in_, ys_in_lengths_, encoder_saved_.out, encoder_saved_.valid, left_,
                     dispatcher_, b, u, l, rng, ctx);
-    l2r_lse_ = activation_alloc<T>(ctx, b * u);
-    T* l2r = activation_alloc<T>(ctx, 1);
+    l2r_lse_ = activation_alloc<Accum<T>>(ctx, b * u);
+    Accum<T>* l2r = activation_alloc<Accum<T>>(ctx, 1);
     int64_t* kept_correct = activation_alloc<int64_t>(ctx, 2);
     op::label_smoothing_loss_forward(l2r, l2r_lse_, kept_correct, kept_correct + 1, left_saved_.logits,
                                      ys_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_,
                                      b * u, v, ctx);
-    loss.att_l2r = static_cast<double>(*host_mirror(ctx, static_cast<const T*>(l2r), 1));
+    loss.att_l2r = static_cast<double>(*host_mirror(ctx, static_cast<const Accum<T>*>(l2r), 1));
     const int64_t* host_kept_correct = host_mirror(ctx, static_cast<const int64_t*>(kept_correct), 2);
     loss.num_tokens = host_kept_correct[0];
     loss.num_correct = host_kept_correct[1];
@@ -112,12 +120,12 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<T>& batch, const U2ppForwardOptio
       r_out_ = device_mirror(ctx, static_cast<const int32_t*>(r_out), b * u);
       decoder_forward(&right_saved_, r_in_, device_mirror(ctx, static_cast<const int32_t*>(r_lengths), b),
                       encoder_saved_.out, encoder_saved_.valid, right_, dispatcher_, b, u, l, rng, ctx);
-      r2l_lse_ = activation_alloc<T>(ctx, b * u);
-      T* r2l = activation_alloc<T>(ctx, 1);
+      r2l_lse_ = activation_alloc<Accum<T>>(ctx, b * u);
+      Accum<T>* r2l = activation_alloc<Accum<T>>(ctx, 1);
       op::label_smoothing_loss_forward(
           r2l, r2l_lse_, static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr), right_saved_.logits,
           r_out_, config_.lsm_weight, ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
-      loss.att_r2l = static_cast<double>(*host_mirror(ctx, static_cast<const T*>(r2l), 1));
+      loss.att_r2l = static_cast<double>(*host_mirror(ctx, static_cast<const Accum<T>*>(r2l), 1));
     }
     loss.att = (1.0 - config_.reverse_weight) * loss.att_l2r + config_.reverse_weight * loss.att_r2l;
   }
@@ -135,44 +143,55 @@ void U2ppModel<T>::backward(double loss_scale, const StepRng& rng, const RunCont
   const int64_t l = encoder_saved_.length, d = config_.encoder.output_size;
   const double w = config_.ctc_weight, rw = config_.reverse_weight;
   T* denc = activation_alloc<T>(ctx, b * l * d);
-  op::fill_constant(denc, T(0), b * l * d, ctx);
+  op::fill_constant(denc, Accum<T>(0), b * l * d, ctx);
 
   if (run_att_) {
     const int64_t u = lt + 1;
     T* dlogits = activation_alloc<T>(ctx, b * u * v);
-    op::label_smoothing_loss_backward(dlogits, static_cast<T>(loss_scale * (1.0 - w) * (1.0 - rw)),
+    op::label_smoothing_loss_backward(dlogits, static_cast<Accum<T>>(loss_scale * (1.0 - w) * (1.0 - rw)),
                                       left_saved_.logits, l2r_lse_, ys_out_, config_.lsm_weight,
                                       ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
     decoder_backward(denc, left_saved_, dlogits, left_, dispatcher_, rng, ctx);
     if (run_r2l_) {
-      op::label_smoothing_loss_backward(dlogits, static_cast<T>(loss_scale * (1.0 - w) * rw),
+      op::label_smoothing_loss_backward(dlogits, static_cast<Accum<T>>(loss_scale * (1.0 - w) * rw),
                                         right_saved_.logits, r2l_lse_, r_out_, config_.lsm_weight,
                                         ModelConfig::kIgnoreId, att_normalizer_, b * u, v, ctx);
       decoder_backward(denc, right_saved_, dlogits, right_, dispatcher_, rng, ctx);
     }
   }
   if (run_ctc_) {
-    T* dlp = activation_alloc<T>(ctx, b * l * v);
-    op::ctc_loss_backward(dlp, static_cast<const T*>(nullptr),
-                          static_cast<T>(loss_scale * w / ctc_normalizer_), ctc_log_alpha_, ctc_log_probs_,
-                          encoder_saved_.lengths, text_, text_lengths_, b, l, v, lt, ctx);
-    T* dlogits = activation_alloc<T>(ctx, b * l * v);
-    op::log_softmax_backward(dlogits, dlp, ctc_log_probs_, static_cast<const uint8_t*>(nullptr), b * l, v,
-                             ctx);
+    Accum<T>* dlp = activation_alloc<Accum<T>>(ctx, b * l * v);
+    op::ctc_loss_backward(
+        dlp, static_cast<const Accum<T>*>(nullptr), static_cast<Accum<T>>(loss_scale * w / ctc_normalizer_),
+        static_cast<const Accum<T>*>(ctc_log_alpha_), static_cast<const Accum<T>*>(ctc_log_probs_),
+        encoder_saved_.lengths, text_, text_lengths_, b, l, v, lt, ctx);
+    Accum<T>* dlogits = activation_alloc<Accum<T>>(ctx, b * l * v);
+    op::log_softmax_backward(dlogits, static_cast<const Accum<T>*>(dlp),
+                             static_cast<const Accum<T>*>(ctc_log_probs_),
+                             static_cast<const uint8_t*>(nullptr), b * l, v, ctx);
     T* dx = activation_alloc<T>(ctx, b * l * d);
-    op::linear_backward(dx, ctc_lo_.weight.grad, ctc_lo_.bias.grad, dlogits, encoder_saved_.out,
-                        ctc_lo_.weight.value, b * l, d, v, ctx);
-    op::add_scaled_inplace(denc, dx, T(1), b * l * d, ctx);
+    op::linear_backward(dx, ctc_lo_.weight.grad, ctc_lo_.bias.grad, as_storage<T>(dlogits, b * l * v, ctx),
+                        static_cast<const T*>(encoder_saved_.out), ctc_lo_.weight.value, b * l, d, v, ctx);
+    op::add_scaled_inplace(denc, dx, Accum<T>(1), b * l * d, ctx);
   }
   encoder_backward(encoder_saved_, denc, encoder_, dispatcher_, rng, ctx);
 }
 
 template <class T>
-std::vector<std::vector<int64_t>> U2ppModel<T>::expert_load() const {
+std::vector<std::vector<int64_t>> U2ppModel<T>::expert_load(const RunContext& ctx) const {
   std::vector<std::vector<int64_t>> load;
   auto add = [&](const FeedForwardRef<T>& ref, const FeedForwardSaved<T>& saved) {
-    if (!ref.moe || saved.experts.expert_counts == nullptr) return;
-    load.emplace_back(saved.experts.expert_counts, saved.experts.expert_counts + ref.experts.n_experts);
+    const MoeFfnSaved<T>& moe = saved.experts;
+    if (!ref.moe || moe.expert_counts == nullptr) return;
+    const int64_t e = ref.experts.n_experts;
+    if (moe.sizes_on_device) {  // one small read per MoE layer (waits for the stream)
+      std::vector<int64_t> counts(static_cast<size_t>(e));
+      op::copy_device_to_host(counts.data(), moe.expert_counts, e * static_cast<int64_t>(sizeof(int64_t)),
+                              ctx);
+      load.push_back(std::move(counts));
+    } else {
+      load.emplace_back(moe.expert_counts, moe.expert_counts + e);
+    }
   };
   for (size_t i = 0; i < encoder_.layers.size() && i < encoder_saved_.layers.size(); ++i) {
     add(encoder_.layers[i].feed_forward_macaron, encoder_saved_.layers[i].ff_macaron);
@@ -189,5 +208,6 @@ std::vector<std::vector<int64_t>> U2ppModel<T>::expert_load() const {
 
 template class U2ppModel<float>;
 template class U2ppModel<double>;
+template class U2ppModel<bf16>;
 
 }  // namespace moeasr

@@ -44,8 +44,25 @@ struct U2ppLoss {
   double accuracy() const { return num_tokens > 0 ? double(num_correct) / double(num_tokens) : 0.0; }
 };
 
+// What the trainer drives, whatever the model's storage type: U2ppModel<T> with Accum<T> = A (a float
+// trainer runs U2ppModel<float>, or U2ppModel<bf16> on the GPU with --precision bf16).
+template <class A>
+class U2ppTrainable {
+ public:
+  virtual ~U2ppTrainable() = default;
+  virtual U2ppLoss forward(const U2ppBatch<A>& batch, const U2ppForwardOptions& options, const StepRng& rng,
+                           const RunContext& ctx) = 0;
+  virtual void backward(double loss_scale, const StepRng& rng, const RunContext& ctx) = 0;
+  virtual void place_tables(Arena* arena, const RunContext& ctx) = 0;
+  virtual std::vector<std::vector<int64_t>> expert_load(const RunContext& ctx) const = 0;
+};
+
+// T is the storage type of the activations: float or double (CPU and GPU), or bf16 (GPU only; the
+// parameters then come from ParameterStore<bf16>: fp32 masters and gradients, bf16 copies for the
+// matrix products). The features, the CTC log-probabilities, the losses and the normalisation
+// statistics are Accum<T>.
 template <class T>
-class U2ppModel {
+class U2ppModel final : public U2ppTrainable<Accum<T>> {
  public:
   // `store` holds this rank's parameters (table from build_u2pp_parameter_table with `layout`);
   // `dispatcher` moves MoE rows (LocalExpertDispatcher on one process).
@@ -54,48 +71,49 @@ class U2ppModel {
 
   // Forward and loss. Activations come from ctx.activations and stay valid until its reset; the
   // next backward() uses them.
-  U2ppLoss forward(const U2ppBatch<T>& batch, const U2ppForwardOptions& options, const StepRng& rng,
-                   const RunContext& ctx);
+  U2ppLoss forward(const U2ppBatch<Accum<T>>& batch, const U2ppForwardOptions& options, const StepRng& rng,
+                   const RunContext& ctx) override;
   // Gradients of loss_scale * total (loss_scale = 1 / accum_grad for gradient accumulation),
   // accumulated into the store's grads.
-  void backward(double loss_scale, const StepRng& rng, const RunContext& ctx);
+  void backward(double loss_scale, const StepRng& rng, const RunContext& ctx) override;
 
   // For a run on ctx.device != cpu: copies the model's constant tables (the sinusoid positional
   // encoding) into `arena` (memory of ctx.device that lives as long as the model) and points the
   // layers at the copy. The parameters themselves live wherever the ParameterStore put them.
-  void place_tables(Arena* arena, const RunContext& ctx);
+  void place_tables(Arena* arena, const RunContext& ctx) override;
 
   const ModelConfig& config() const { return config_; }
   const EncoderSaved<T>& encoder_state() const { return encoder_saved_; }
-  const T* ctc_log_probs() const { return ctc_log_probs_; }  // [B, L, V] of the last forward
+  const Accum<T>* ctc_log_probs() const { return ctc_log_probs_; }  // [B, L, V] of the last forward
   // Routed rows per global expert of the last forward, one vector per MoE FFN in model order
   // (encoder macaron, encoder ff, ..., left decoder, right decoder).
-  std::vector<std::vector<int64_t>> expert_load() const;
+  // On the GPU with every expert local the counts are read from the device here (ctx's stream).
+  std::vector<std::vector<int64_t>> expert_load(const RunContext& ctx) const override;
 
  private:
   ModelConfig config_;
   ParameterStore<T>* store_;
   ExpertDispatcher<T>* dispatcher_;
-  std::vector<T> pe_table_;  // [max_len, d]
+  std::vector<Accum<T>> pe_table_;  // [max_len, d]
   EncoderParams<T> encoder_;
   DecoderParams<T> left_;
   DecoderParams<T> right_;
   LinearRef<T> ctc_lo_;
 
   // State of the last forward (arena pointers).
-  U2ppBatch<T> batch_;
+  U2ppBatch<Accum<T>> batch_;
   U2ppForwardOptions options_;
   EncoderSaved<T> encoder_saved_;
   DecoderSaved<T> left_saved_, right_saved_;
   bool run_ctc_ = false, run_att_ = false, run_r2l_ = false;
   double ctc_normalizer_ = 1, att_normalizer_ = 1;
-  T* ctc_log_probs_ = nullptr;
-  T* ctc_log_alpha_ = nullptr;
+  Accum<T>* ctc_log_probs_ = nullptr;
+  Accum<T>* ctc_log_alpha_ = nullptr;
   // Token arrays in ctx.device memory (host mirrors on the CPU are the arrays themselves).
   const int32_t *text_ = nullptr, *text_lengths_ = nullptr;
   const int32_t *ys_in_ = nullptr, *ys_out_ = nullptr, *ys_in_lengths_ = nullptr;
   const int32_t *r_in_ = nullptr, *r_out_ = nullptr;
-  T *l2r_lse_ = nullptr, *r2l_lse_ = nullptr;
+  Accum<T>*l2r_lse_ = nullptr, *r2l_lse_ = nullptr;
   bool has_forward_ = false;
 };
 

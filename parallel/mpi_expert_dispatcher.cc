@@ -247,5 +247,6 @@ void MpiExpertDispatcher<T>::to_owners(const T** out, const T* in, const ExpertD
 
 template class MpiExpertDispatcher<float>;
 template class MpiExpertDispatcher<double>;
+template class MpiExpertDispatcher<bf16>;  // the GPU trainer with --precision bf16
 
 }  // namespace moeasr

@@ -417,8 +417,10 @@ struct Trainer::Impl {
 
   std::unique_ptr<ParameterTable> table;
   std::unique_ptr<ParameterStore<float>> store;
-  std::unique_ptr<ExpertDispatcher<float>> dispatcher;
-  std::unique_ptr<U2ppModel<float>> model;
+  std::unique_ptr<ExpertDispatcher<float>> dispatcher;      // the fp32 model's
+  std::unique_ptr<ParameterStore<bf16>> bf16_params;        // --precision bf16: the weights' bf16 copy
+  std::unique_ptr<ExpertDispatcher<bf16>> bf16_dispatcher;  // --precision bf16
+  std::unique_ptr<U2ppTrainable<float>> model;              // U2ppModel<float>, or <bf16> (--precision bf16)
   std::unique_ptr<AdamOptimizer<float>> adam;
   std::unique_ptr<Arena> activations;    // ctx.device memory
   std::unique_ptr<Arena> host_metadata;  // GPU runs: the step's host-side metadata (ctx.host_metadata)
@@ -553,7 +555,10 @@ struct Trainer::Impl {
   // The gradient all-reduce of a step: over NCCL, ordered after the backward on the compute stream
   // and before the optimizer (GPU runs with several ranks); over the MPI groups otherwise.
   Status sync_step_gradients();
-  std::unique_ptr<ExpertDispatcher<float>> make_dispatcher();
+  template <class T>
+  std::unique_ptr<ExpertDispatcher<T>> make_dispatcher();
+  // The model for the precision: U2ppModel<float>, or U2ppModel<bf16> over a bf16 copy of the weights.
+  void make_model(const ExpertLayout& layout);
   // The positional table into device memory next to the parameters (GPU runs; after the model exists).
   void place_model_tables();
 
@@ -649,7 +654,14 @@ Status Trainer::Impl::place_on_gpu() {
   }
   const int64_t table_bytes = static_cast<int64_t>(kPositionalEncodingMaxLen) *
                               model_config.encoder.output_size * static_cast<int64_t>(sizeof(float));
-  const int64_t param_bytes = elems * static_cast<int64_t>(sizeof(float)) + table_bytes + (int64_t{16} << 20);
+  int64_t copy_bytes = 0;  // --precision bf16: the bf16 copy of the weights (make_model)
+  if (options.bf16) {
+    for (int r = 0; r < kNumParamRegions; ++r) {
+      copy_bytes += static_cast<int64_t>(store->values[r].size() * sizeof(bf16)) + 256;
+    }
+  }
+  const int64_t param_bytes =
+      elems * static_cast<int64_t>(sizeof(float)) + copy_bytes + table_bytes + (int64_t{16} << 20);
   gpu.params_block =
       std::make_unique<DeviceMemoryBlock>("parameters, gradients and Adam moments", param_bytes);
   gpu.params =
@@ -698,13 +710,29 @@ Status Trainer::Impl::sync_step_gradients() {
 
 // The expert dispatcher: local with EP 1; with EP > 1 the counts over the MPI EP group and, on GPUs,
 // the rows over its NCCL twin.
-std::unique_ptr<ExpertDispatcher<float>> Trainer::Impl::make_dispatcher() {
-  if (groups->layout.ep_size <= 1) return std::make_unique<LocalExpertDispatcher<float>>();
+template <class T>
+std::unique_ptr<ExpertDispatcher<T>> Trainer::Impl::make_dispatcher() {
+  if (groups->layout.ep_size <= 1) return std::make_unique<LocalExpertDispatcher<T>>();
   Communicator* rows = nullptr;
 #if MOEASR_WITH_CUDA
   rows = gpu.ep_nccl.get();
 #endif
-  return std::make_unique<MpiExpertDispatcher<float>>(groups->ep.get(), CountVerification::kSums, rows);
+  return std::make_unique<MpiExpertDispatcher<T>>(groups->ep.get(), CountVerification::kSums, rows);
+}
+
+void Trainer::Impl::make_model(const ExpertLayout& layout) {
+  if (!options.bf16) {
+    dispatcher = make_dispatcher<float>();
+    model = std::make_unique<U2ppModel<float>>(model_config, store.get(), dispatcher.get(), layout);
+    return;
+  }
+  // --precision bf16 implies --device cuda (checked in create): the copy lives next to the masters.
+  CHECK(on_gpu()) << "--precision bf16 without a device";
+#if MOEASR_WITH_CUDA
+  bf16_params = std::make_unique<ParameterStore<bf16>>(store.get(), gpu.params.get(), ctx);
+#endif
+  bf16_dispatcher = make_dispatcher<bf16>();
+  model = std::make_unique<U2ppModel<bf16>>(model_config, bf16_params.get(), bf16_dispatcher.get(), layout);
 }
 
 void Trainer::Impl::place_model_tables() {
@@ -756,11 +784,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
   if (o.device != "cpu" && o.device != "cuda") {
     return invalid_argument_error("--device must be cpu or cuda (got '" + o.device + "')");
   }
-  if (o.bf16_matmul && o.device != "cuda") {
+  if (o.bf16 && o.device != "cuda") {
     return invalid_argument_error("--precision bf16 needs --device cuda (the CPU backend computes in fp32)");
   }
   m.ctx.device = Device::cpu;
-  m.ctx.bf16_matmul = o.bf16_matmul;
   m.ctx.num_threads = std::max(1, o.num_threads);
   m.ctx.rank = groups->layout.world_rank;
   m.ctx.world = groups->layout.world_size;
@@ -865,8 +892,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
 
   // The weights are final on the host: move them to the device (GPU runs), then bind the model.
   if (o.device == "cuda") RETURN_IF_ERROR(m.place_on_gpu());
-  m.dispatcher = m.make_dispatcher();
-  m.model = std::make_unique<U2ppModel<float>>(m.model_config, m.store.get(), m.dispatcher.get(), layout);
+  m.make_model(layout);
   m.place_model_tables();
 
   LoaderOptions train_options = loader_options_from_config(o.config, m.state.seed, true);
@@ -992,7 +1018,7 @@ StatusOr<StepResult> Trainer::train_step() {
     m.model->backward(1.0 / static_cast<double>(accum), rng, m.ctx);
     m.interval.bwd += seconds_since(t0);
     if (m.is_moe) {
-      const std::vector<std::vector<int64_t>> load = m.model->expert_load();
+      const std::vector<std::vector<int64_t>> load = m.model->expert_load(m.ctx);
       if (m.interval.load.empty()) {
         m.interval.load = load;
       } else {

@@ -118,9 +118,10 @@ struct TrainerOptions {
   // "cpu", or "cuda": the model, its gradients and Adam moments in GPU memory (the rank's local index
   // picks the device). Several ranks: gradients and expert rows over NCCL, counts over MPI.
   std::string device = "cpu";
-  // --precision bf16 (GPU only): the matrix products take bf16 copies of their fp32 operands (tensor
-  // cores, fp32 accumulation); everything else, the master weights and Adam stay fp32.
-  bool bf16_matmul = false;
+  // --precision bf16 (GPU only): the model stores its activations in bf16 (U2ppModel<bf16>): the matrix
+  // products run on tensor cores from a bf16 copy of the weights with fp32 accumulation; the master
+  // weights, gradients, Adam, norm statistics, routing weights and losses stay fp32.
+  bool bf16 = false;
   int64_t max_steps = 0;          // stop after this many updates (0: max_epoch decides)
   double max_minutes = 0;         // stop after this many minutes of run(): cv, checkpoint, final.h5
   std::string symbol_table;       // overrides tokenizer_conf.symbol_table_path when set

@@ -7,18 +7,20 @@
 // an H200 (Dense-225M 120,338 frames/s, MoE-1B 23,615, Dense-1B 79,288) with the targets
 // (MoE-1B >= 5x WeNet's MoE-1B, Dense-225M >= 2x WeNet's Dense-225M) and the MoE-1B / Dense-225M
 // step-time ratio (the paper's claim: ~1x). --precision bf16 (the default, as WeNet's bf16 autocast)
-// runs the matrix products on bf16 copies of the fp32 operands (RunContext::bf16_matmul); activations
-// stay fp32 in memory, so MFU against a bf16 peak is a lower bound of what the kernels can do.
+// trains U2ppModel<bf16>: bf16 activations, matrix products from a bf16 copy of the weights, fp32
+// masters, gradients and Adam (what `moe-asr train --precision bf16` runs); bf16_matmul keeps the
+// fp32 model and casts the matrix products' operands (RunContext::bf16_matmul); fp32 is all fp32.
 // Asserts nothing; exits 0 with a message when no GPU is usable.
 //
 //   build-gpu/bench/bench_gpu_train_step_gpu [--steps 4] [--models dense_225m,moe_1b,dense_1b]
-//                                            [--precision bf16|fp32]
+//                                            [--precision bf16|bf16_matmul|fp32]
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -62,7 +64,8 @@ double median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-Result run(const std::string& name, int steps, bool bf16_matmul, CudaContext* cuda) {
+Result run(const std::string& name, int steps, const std::string& precision, CudaContext* cuda) {
+  const bool bf16_model = precision == "bf16";
   Result result;
   auto loaded = load_train_config("configs/" + name + ".yaml", {});
   if (!loaded.ok()) {
@@ -77,12 +80,14 @@ Result run(const std::string& name, int steps, bool bf16_matmul, CudaContext* cu
 
   RunContext ctx;
   ctx.num_threads = 2;
-  ctx.bf16_matmul = bf16_matmul;
+  ctx.bf16_matmul = precision == "bf16_matmul";
   cuda->fill(&ctx);
-  // Parameters, grads and Adam moments (4 copies), then every free byte but 2 GiB for activations.
+  // Parameters, grads and Adam moments (4 fp32 copies; the bf16 model's weight copy too), then every
+  // free byte but 2 GiB for activations.
   int64_t param_elems = 0;
   for (int r = 0; r < kNumParamRegions; ++r) param_elems += int64_t(store.values[r].size());
-  const int64_t param_bytes = 4 * param_elems * int64_t(sizeof(float)) + (int64_t(64) << 20);
+  const int64_t param_bytes = 4 * param_elems * int64_t(sizeof(float)) +
+                              (bf16_model ? param_elems * int64_t(sizeof(bf16)) : 0) + (int64_t(64) << 20);
   void* param_block = nullptr;
   void* activation_block = nullptr;
   CUDA_CHECK(cudaMalloc(&param_block, size_t(param_bytes)));
@@ -98,7 +103,17 @@ Result run(const std::string& name, int steps, bool bf16_matmul, CudaContext* cu
     ctx.host_metadata = &host;
     store.place_on(&params, ctx);
     LocalExpertDispatcher<float> dispatcher;
-    U2ppModel<float> model(config, &store, &dispatcher, ExpertLayout{});
+    LocalExpertDispatcher<bf16> bf16_dispatcher;
+    std::unique_ptr<ParameterStore<bf16>> bf16_store;
+    std::unique_ptr<U2ppTrainable<float>> trainable;
+    if (bf16_model) {
+      bf16_store = std::make_unique<ParameterStore<bf16>>(&store, &params, ctx);
+      trainable =
+          std::make_unique<U2ppModel<bf16>>(config, bf16_store.get(), &bf16_dispatcher, ExpertLayout{});
+    } else {
+      trainable = std::make_unique<U2ppModel<float>>(config, &store, &dispatcher, ExpertLayout{});
+    }
+    U2ppTrainable<float>& model = *trainable;
     model.place_tables(&params, ctx);
     AdamOptimizer<float> adam(&store, AdamOptions{});
     adam.place_on(&params, ctx);
@@ -165,18 +180,21 @@ Result run(const std::string& name, int steps, bool bf16_matmul, CudaContext* cu
 int main_impl(int argc, char** argv) {
   int steps = 4;
   std::string models = "dense_225m,moe_1b,dense_1b", precision = "bf16";
+  auto known_precision = [](const char* p) {
+    return std::strcmp(p, "bf16") == 0 || std::strcmp(p, "bf16_matmul") == 0 || std::strcmp(p, "fp32") == 0;
+  };
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--steps") == 0) {
       steps = std::max(1, std::atoi(argv[i + 1]));
     } else if (std::strcmp(argv[i], "--models") == 0) {
       models = argv[i + 1];
-    } else if (std::strcmp(argv[i], "--precision") == 0 &&
-               (std::strcmp(argv[i + 1], "bf16") == 0 || std::strcmp(argv[i + 1], "fp32") == 0)) {
+    } else if (std::strcmp(argv[i], "--precision") == 0 && known_precision(argv[i + 1])) {
       precision = argv[i + 1];
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--steps N] [--models dense_225m,moe_1b,dense_1b] [--precision bf16|fp32]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--steps N] [--models dense_225m,moe_1b,dense_1b] [--precision bf16|bf16_matmul|fp32]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -188,9 +206,9 @@ int main_impl(int argc, char** argv) {
   CudaContext cuda(0);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // rows appear even if a timeout cuts the run short
   std::printf(
-      "U2++ training step on the GPU, batch 32 x 1000 frames, 40 tokens, fp32 activations, EP = 1, "
+      "U2++ training step on the GPU, batch 32 x 1000 frames, 40 tokens, precision %s, EP = 1, "
       "median of %d steps\n",
-      steps);
+      precision.c_str(), steps);
   std::printf("%-11s %8s %8s %8s %8s %8s %11s %7s %9s %8s\n", "model", "params", "step_s", "fwd_s", "bwd_s",
               "upd_s", "frames/s", "MFU", "vs_WeNet", "target");
   double dense_225m_step = 0, moe_1b_step = 0;
@@ -204,7 +222,7 @@ int main_impl(int argc, char** argv) {
       std::fprintf(stderr, "unknown model '%s' in --models (dense_225m, moe_1b, dense_1b)\n", name.c_str());
       return 2;
     }
-    Result r = run(name, steps, precision == "bf16", &cuda);
+    Result r = run(name, steps, precision, &cuda);
     if (!r.ok) {
       std::printf("%-11s failed: %s\n", name.c_str(), r.error.c_str());
       continue;

@@ -8,7 +8,10 @@
 // region's relative norm error <= 1e-4. Both sides are fp32 with different reduction orders, through
 // ~40 ops deep, so this is looser than the per-op 1e-5 but far below any real bug (a wrong op or a
 // stale buffer gives errors of order 1). NaN never passes (relative_norm_error returns inf).
-// The bf16 activation path is not wired into the model yet. Skips without a GPU (label gpu).
+// The two bf16 modes run the same step: bf16 matrix products on the fp32 model (RunContext::bf16_matmul,
+// what recognize --precision bf16 uses) and the bf16 model (U2ppModel<bf16> over ParameterStore<bf16>:
+// bf16 activations and weight copies, fp32 masters and gradients; what train --precision bf16 uses).
+// Skips without a GPU (label gpu).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -106,12 +109,27 @@ StepResult run_cpu(const ModelConfig& config, const ParameterTable& table, const
   return r;
 }
 
+enum class GpuPrecision { kFp32, kBf16MatrixProducts, kBf16Model };
+
+// Forward + backward of U2ppModel<T> bound to `store` (already placed on the device).
+template <class T>
+U2ppLoss gpu_step(const ModelConfig& config, ParameterStore<T>* store, Arena* params,
+                  const U2ppBatch<float>& view, const U2ppForwardOptions& options, const StepRng& rng,
+                  const RunContext& ctx) {
+  LocalExpertDispatcher<T> dispatcher;
+  U2ppModel<T> model(config, store, &dispatcher, ExpertLayout{});
+  model.place_tables(params, ctx);
+  U2ppLoss loss = model.forward(view, options, rng, ctx);
+  model.backward(1.0, rng, ctx);
+  return loss;
+}
+
 StepResult run_gpu(const ModelConfig& config, const ParameterTable& table, const HostBatch& h,
-                   const U2ppForwardOptions& options, const StepRng& rng, bool bf16_matmul) {
+                   const U2ppForwardOptions& options, const StepRng& rng, GpuPrecision precision) {
   CudaContext cuda(0);
   RunContext ctx = testing::gpu_test_context();
   cuda.fill(&ctx);
-  ctx.bf16_matmul = bf16_matmul;
+  ctx.bf16_matmul = precision == GpuPrecision::kBf16MatrixProducts;
   StepResult r;
   {
     testing::DeviceArenas arenas(int64_t(64) << 20, int64_t(256) << 20, &ctx);
@@ -121,16 +139,17 @@ StepResult run_gpu(const ModelConfig& config, const ParameterTable& table, const
     ParameterStore<float> store(table);
     initialize_parameters(&store, 7);
     store.place_on(&params, ctx);  // before binding: the model binds device pointers
-    LocalExpertDispatcher<float> dispatcher;
-    U2ppModel<float> model(config, &store, &dispatcher, ExpertLayout{});
-    model.place_tables(&params, ctx);
 
     float* feats = activations.allocate_array<float>(static_cast<int64_t>(h.feats.size()));
     op::copy_host_to_device(feats, h.feats.data(), static_cast<int64_t>(h.feats.size() * sizeof(float)), ctx);
     U2ppBatch<float> view{
         feats, h.feat_lengths.data(), h.text.data(), h.text_lengths.data(), h.batch, h.frames, h.max_text};
-    r.loss = model.forward(view, options, rng, ctx);
-    model.backward(1.0, rng, ctx);
+    if (precision == GpuPrecision::kBf16Model) {
+      ParameterStore<bf16> copy(&store, &params, ctx);
+      r.loss = gpu_step(config, &copy, &params, view, options, rng, ctx);
+    } else {
+      r.loss = gpu_step(config, &store, &params, view, options, rng, ctx);
+    }
     store.copy_to_host(ctx);
     cuda.synchronize();
     for (int i = 0; i < kNumParamRegions; ++i) r.grads[i] = store.grads[i];
@@ -148,10 +167,17 @@ StepResult run_gpu(const ModelConfig& config, const ParameterTable& table, const
 // Tolerances: fp32 GEMMs as the header says; with bf16 matrix products (operands rounded to 8-bit
 // mantissas, ~4e-3 relative each, fp32 accumulation) 1e-2 on the losses and 5e-2 on the gradients,
 // and the Adam update is not compared (at step 1 it is lr * sign(grad): small gradients flip sign).
-void expect_step_matches(ConvNormType norm, double dropout, int64_t chunk_size, bool bf16_matmul = false) {
+// The bf16 model also rounds every activation it stores (the residual trunk included), about twice
+// as many roundings on each path: 2e-2 on the losses, 5e-2 on the gradients (a wrong op or a stale
+// buffer still gives errors of order 1).
+void expect_step_matches(ConvNormType norm, double dropout, int64_t chunk_size,
+                         GpuPrecision precision = GpuPrecision::kFp32) {
+  const bool bf16_matmul = precision != GpuPrecision::kFp32;  // either bf16 mode
   SCOPED_TRACE(::testing::Message() << "norm " << static_cast<int>(norm) << " dropout " << dropout
-                                    << " chunk " << chunk_size << " bf16_matmul " << bf16_matmul);
-  const double loss_tol = bf16_matmul ? 1e-2 : 1e-4, grad_tol = bf16_matmul ? 5e-2 : 1e-4;
+                                    << " chunk " << chunk_size << " precision "
+                                    << static_cast<int>(precision));
+  const double loss_tol = precision == GpuPrecision::kBf16Model ? 2e-2 : bf16_matmul ? 1e-2 : 1e-4;
+  const double grad_tol = bf16_matmul ? 5e-2 : 1e-4;
   ModelConfig config = tiny_moe_config(norm, dropout);
   ParameterTable table = build_u2pp_parameter_table(config, ExpertLayout{});
   HostBatch h;
@@ -164,7 +190,7 @@ void expect_step_matches(ConvNormType norm, double dropout, int64_t chunk_size, 
   rng.base.step = 3;
 
   StepResult cpu = run_cpu(config, table, h, options, rng);
-  StepResult gpu = run_gpu(config, table, h, options, rng, bf16_matmul);
+  StepResult gpu = run_gpu(config, table, h, options, rng, precision);
   auto near = [&](double got, double want) {
     return std::fabs(got - want) <= loss_tol * std::max(1.0, std::fabs(want));
   };
@@ -213,7 +239,13 @@ TEST(U2ppModelCuda, TrainingStepMatchesCpuWithDropout) {
 
 TEST(U2ppModelCuda, TrainingStepWithBf16MatrixProductsIsCloseToCpu) {
   MOEASR_SKIP_WITHOUT_GPU();
-  expect_step_matches(ConvNormType::kBatchNorm, 0.0, 3, /*bf16_matmul=*/true);
+  expect_step_matches(ConvNormType::kBatchNorm, 0.0, 3, GpuPrecision::kBf16MatrixProducts);
+}
+
+TEST(U2ppModelCuda, Bf16ModelTrainingStepIsCloseToCpu) {
+  MOEASR_SKIP_WITHOUT_GPU();
+  expect_step_matches(ConvNormType::kBatchNorm, 0.0, 3, GpuPrecision::kBf16Model);
+  expect_step_matches(ConvNormType::kLayerNorm, 0.1, -1, GpuPrecision::kBf16Model);
 }
 
 }  // namespace

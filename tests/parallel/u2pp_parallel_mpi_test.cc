@@ -151,7 +151,7 @@ TEST_F(U2ppParallelMpiTest, EveryLayoutMatchesOneProcessLossGradientsNormUpdateA
   ctx.activations = &ref_arena;
   const U2ppLoss ref_loss = ref_model.forward(global.view(), options, rng, ctx);
   ref_model.backward(1.0, rng, ctx);
-  const std::vector<std::vector<int64_t>> ref_load = ref_model.expert_load();
+  const std::vector<std::vector<int64_t>> ref_load = ref_model.expert_load(ctx);
   std::vector<GradBuffer<float>> ref_buffers;
   for (int r : {0, 1}) ref_buffers.push_back({ref_store.grads[r].data(), int64_t(ref_store.grads[r].size())});
   const double ref_norm = global_grad_norm(ref_buffers.data(), 2, ctx);
@@ -193,7 +193,7 @@ TEST_F(U2ppParallelMpiTest, EveryLayoutMatchesOneProcessLossGradientsNormUpdateA
     EXPECT_NEAR(parts[3], ref_loss.att_r2l, 1e-5 * std::fabs(ref_loss.att_r2l));
 
     // Load statistics: the world's routed rows per expert are the reference's.
-    auto stats = reduce_expert_load(model.expert_load(), g.ep.get(), g.edp.get());
+    auto stats = reduce_expert_load(model.expert_load(pctx), g.ep.get(), g.edp.get());
     ASSERT_TRUE(stats.ok()) << stats.status().to_string();
     ASSERT_EQ(stats.value().size(), ref_load.size());
     for (size_t l = 0; l < ref_load.size(); ++l) {

@@ -516,7 +516,7 @@ TEST(Trainer, LayoutAndConfigErrorsAreClear) {
   EXPECT_NE(run.status().message().find("--device must be cpu or cuda (got 'tpu')"), std::string::npos)
       << run.status().message();
   TrainerOptions bf16_on_cpu = options_for(good.value(), model_dir("bf16_cpu"));
-  bf16_on_cpu.bf16_matmul = true;
+  bf16_on_cpu.bf16 = true;
   run = make_run(bf16_on_cpu);
   ASSERT_FALSE(run.ok());
   EXPECT_NE(run.status().message().find("--precision bf16 needs --device cuda"), std::string::npos)
