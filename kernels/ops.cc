@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "core/arena.h"
 #include "core/check.h"
@@ -62,6 +63,63 @@ T* host_scratch(const RunContext& ctx, int64_t n) {
   return ctx.activations->allocate_array<T>(n);
 }
 
+// Elements spanned by a strided-batched GEMM operand of `rows` x `cols` (as stored, row stride ld).
+int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, int64_t batch) {
+  if (rows <= 0 || cols <= 0 || batch <= 0) return 0;
+  return (batch - 1) * stride + (rows - 1) * ld + cols;
+}
+
+// bf16 tensors on the CPU: the bf16 model's reference path (CI runs U2ppModel<bf16> through it; the
+// GPU's bf16 kernels compute the same way). Each bf16 array an op reads or writes is widened into fp32
+// scratch from ctx.activations, the fp32 CPU op runs, and every array it wrote is rounded back to bf16
+// (nearest even): one rounding per stored element, fp32 inside, as the CUDA twins. An array passed
+// twice (in place) maps to one scratch array, and outputs are widened too, so in-place and
+// accumulating calls (beta = 1, add_scaled_inplace) see their old contents.
+class Bf16OnCpu {
+ public:
+  explicit Bf16OnCpu(const RunContext& ctx) : ctx_(ctx) {}
+  Bf16OnCpu(const Bf16OnCpu&) = delete;
+  Bf16OnCpu& operator=(const Bf16OnCpu&) = delete;
+
+  // `n` elements of a bf16 input as fp32 (null stays null).
+  const float* in(const bf16* array, int64_t n) { return map(array, n, false); }
+  // `n` elements of a bf16 output (read too: in place / accumulated) as fp32; rounded back by finish().
+  float* out(bf16* array, int64_t n) { return map(array, n, true); }
+  // Rounds every output back into its bf16 array.
+  void finish() {
+    for (const Mapping& m : mappings_) {
+      if (!m.written) continue;
+      bf16* dst = const_cast<bf16*>(m.array);
+      for (int64_t i = 0; i < m.n; ++i) dst[i] = bf16(m.scratch[i]);
+    }
+  }
+
+ private:
+  struct Mapping {
+    const bf16* array;
+    float* scratch;
+    int64_t n;
+    bool written;
+  };
+  float* map(const bf16* array, int64_t n, bool written) {
+    if (array == nullptr) return nullptr;
+    CHECK_GE(n, 0);
+    for (Mapping& m : mappings_) {
+      if (m.array != array) continue;
+      CHECK_EQ(m.n, n) << "a bf16 array passed twice to one op with two sizes";
+      m.written = m.written || written;
+      return m.scratch;
+    }
+    float* scratch = host_scratch<float>(ctx_, n);
+    for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<float>(array[i]);
+    mappings_.push_back(Mapping{array, scratch, n, written});
+    return scratch;
+  }
+
+  const RunContext& ctx_;
+  std::vector<Mapping> mappings_;
+};
+
 #if MOEASR_WITH_CUDA
 // ctx.bf16_matmul: bf16 copies of fp32 operands in the activation arena (round to nearest even).
 const __nv_bfloat16* bf16_copy(const float* x, int64_t n, const RunContext& ctx) {
@@ -110,26 +168,34 @@ DeviceT<T> device_value(Accum<T> value) {
   }
 }
 
-// Elements spanned by a strided-batched GEMM operand of `rows` x `cols` (as stored, row stride ld).
-int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, int64_t batch) {
-  if (rows <= 0 || cols <= 0 || batch <= 0) return 0;
-  return (batch - 1) * stride + (rows - 1) * ld + cols;
-}
 #endif
 
 }  // namespace
 
-// The CPU op for float and double; bf16 tensors have no CPU ops (they are the GPU's storage type).
-#define MOEASR_OP_ON_CPU(T, name, ...)                                                              \
-  do {                                                                                              \
-    if (ctx.device == Device::cpu) {                                                                \
-      if constexpr (!std::is_same_v<T, bf16>) {                                                     \
-        __VA_ARGS__;                                                                                \
-      } else {                                                                                      \
-        CHECK(false) << "op " << name << ": bf16 tensors run on the CUDA device only (the CPU ops " \
-                     << "are float and double)";                                                    \
-      }                                                                                             \
-    }                                                                                               \
+// The CPU op for float and double (bf16 takes MOEASR_BF16_ON_CPU before it).
+#define MOEASR_OP_ON_CPU(T, name, ...)                                     \
+  do {                                                                     \
+    if (ctx.device == Device::cpu) {                                       \
+      if constexpr (!std::is_same_v<T, bf16>) {                            \
+        __VA_ARGS__;                                                       \
+      } else {                                                             \
+        CHECK(false) << "op " << name << ": no CPU path for bf16 tensors"; \
+      }                                                                    \
+    }                                                                      \
+  } while (0)
+
+// bf16 on the CPU: the op on fp32 copies (Bf16OnCpu). `call` names the fp32 routing op and wraps each
+// bf16 pointer in w.in / w.out with its element count.
+#define MOEASR_BF16_ON_CPU(T, ...)           \
+  do {                                       \
+    if constexpr (std::is_same_v<T, bf16>) { \
+      if (ctx.device == Device::cpu) {       \
+        Bf16OnCpu w(ctx);                    \
+        __VA_ARGS__;                         \
+        w.finish();                          \
+        return;                              \
+      }                                      \
+    }                                        \
   } while (0)
 
 #if MOEASR_WITH_CUDA
@@ -149,30 +215,35 @@ int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, i
 
 template <class T>
 void add_forward(T* out, const T* a, const T* b, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::add_forward(w.out(out, n), w.in(a, n), w.in(b, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "add_forward", return moeasr::add_forward(out, a, b, n, ctx));
   MOEASR_OP_ON_CUDA(T, "add_forward", { add_forward_cuda(dev(out), dev(a), dev(b), n, ctx); });
 }
 
 template <class T>
 void add_backward(T* da, T* db, const T* dout, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::add_backward(w.out(da, n), w.out(db, n), w.in(dout, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "add_backward", return moeasr::add_backward(da, db, dout, n, ctx));
   MOEASR_OP_ON_CUDA(T, "add_backward", { add_backward_cuda(dev(da), dev(db), dev(dout), n, ctx); });
 }
 
 template <class T>
 void scale_forward(T* out, const T* x, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::scale_forward(w.out(out, n), w.in(x, n), alpha, n, ctx));
   MOEASR_OP_ON_CPU(T, "scale_forward", return moeasr::scale_forward(out, x, alpha, n, ctx));
   MOEASR_OP_ON_CUDA(T, "scale_forward", { scale_forward_cuda(dev(out), dev(x), alpha, n, ctx); });
 }
 
 template <class T>
 void scale_backward(T* dx, const T* dout, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::scale_backward(w.out(dx, n), w.in(dout, n), alpha, n, ctx));
   MOEASR_OP_ON_CPU(T, "scale_backward", return moeasr::scale_backward(dx, dout, alpha, n, ctx));
   MOEASR_OP_ON_CUDA(T, "scale_backward", { scale_backward_cuda(dev(dx), dev(dout), alpha, n, ctx); });
 }
 
 template <class T>
 void residual_add_forward(T* out, const T* x, const T* y, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::residual_add_forward(w.out(out, n), w.in(x, n), w.in(y, n), alpha, n, ctx));
   MOEASR_OP_ON_CPU(T, "residual_add_forward", return moeasr::residual_add_forward(out, x, y, alpha, n, ctx));
   MOEASR_OP_ON_CUDA(T, "residual_add_forward",
                     { residual_add_forward_cuda(dev(out), dev(x), dev(y), alpha, n, ctx); });
@@ -180,6 +251,7 @@ void residual_add_forward(T* out, const T* x, const T* y, Accum<T> alpha, int64_
 
 template <class T>
 void residual_add_backward(T* dx, T* dy, const T* dout, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::residual_add_backward(w.out(dx, n), w.out(dy, n), w.in(dout, n), alpha, n, ctx));
   MOEASR_OP_ON_CPU(T, "residual_add_backward",
                    return moeasr::residual_add_backward(dx, dy, dout, alpha, n, ctx));
   MOEASR_OP_ON_CUDA(T, "residual_add_backward",
@@ -188,66 +260,78 @@ void residual_add_backward(T* dx, T* dy, const T* dout, Accum<T> alpha, int64_t 
 
 template <class T>
 void add_scaled_inplace(T* acc, const T* x, Accum<T> alpha, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::add_scaled_inplace(w.out(acc, n), w.in(x, n), alpha, n, ctx));
   MOEASR_OP_ON_CPU(T, "add_scaled_inplace", return moeasr::add_scaled_inplace(acc, x, alpha, n, ctx));
   MOEASR_OP_ON_CUDA(T, "add_scaled_inplace", { add_scaled_inplace_cuda(dev(acc), dev(x), alpha, n, ctx); });
 }
 
 template <class T>
 void relu_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::relu_forward(w.out(out, n), w.in(x, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "relu_forward", return moeasr::relu_forward(out, x, n, ctx));
   MOEASR_OP_ON_CUDA(T, "relu_forward", { relu_forward_cuda(dev(out), dev(x), n, ctx); });
 }
 
 template <class T>
 void relu_backward(T* dx, const T* dout, const T* x, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::relu_backward(w.out(dx, n), w.in(dout, n), w.in(x, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "relu_backward", return moeasr::relu_backward(dx, dout, x, n, ctx));
   MOEASR_OP_ON_CUDA(T, "relu_backward", { relu_backward_cuda(dev(dx), dev(dout), dev(x), n, ctx); });
 }
 
 template <class T>
 void silu_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::silu_forward(w.out(out, n), w.in(x, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "silu_forward", return moeasr::silu_forward(out, x, n, ctx));
   MOEASR_OP_ON_CUDA(T, "silu_forward", { silu_forward_cuda(dev(out), dev(x), n, ctx); });
 }
 
 template <class T>
 void silu_backward(T* dx, const T* dout, const T* x, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::silu_backward(w.out(dx, n), w.in(dout, n), w.in(x, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "silu_backward", return moeasr::silu_backward(dx, dout, x, n, ctx));
   MOEASR_OP_ON_CUDA(T, "silu_backward", { silu_backward_cuda(dev(dx), dev(dout), dev(x), n, ctx); });
 }
 
 template <class T>
 void sigmoid_forward(T* out, const T* x, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::sigmoid_forward(w.out(out, n), w.in(x, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "sigmoid_forward", return moeasr::sigmoid_forward(out, x, n, ctx));
   MOEASR_OP_ON_CUDA(T, "sigmoid_forward", { sigmoid_forward_cuda(dev(out), dev(x), n, ctx); });
 }
 
 template <class T>
 void sigmoid_backward(T* dx, const T* dout, const T* out, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::sigmoid_backward(w.out(dx, n), w.in(dout, n), w.in(out, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "sigmoid_backward", return moeasr::sigmoid_backward(dx, dout, out, n, ctx));
   MOEASR_OP_ON_CUDA(T, "sigmoid_backward", { sigmoid_backward_cuda(dev(dx), dev(dout), dev(out), n, ctx); });
 }
 
 template <class T>
 void glu_forward(T* out, const T* x, int64_t n, int64_t c, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::glu_forward(w.out(out, n * c), w.in(x, 2 * n * c), n, c, ctx));
   MOEASR_OP_ON_CPU(T, "glu_forward", return moeasr::glu_forward(out, x, n, c, ctx));
   MOEASR_OP_ON_CUDA(T, "glu_forward", { glu_forward_cuda(dev(out), dev(x), n, c, ctx); });
 }
 
 template <class T>
 void glu_backward(T* dx, const T* dout, const T* x, int64_t n, int64_t c, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::glu_backward(w.out(dx, 2 * n * c), w.in(dout, n * c), w.in(x, 2 * n * c), n, c, ctx));
   MOEASR_OP_ON_CPU(T, "glu_backward", return moeasr::glu_backward(dx, dout, x, n, c, ctx));
   MOEASR_OP_ON_CUDA(T, "glu_backward", { glu_backward_cuda(dev(dx), dev(dout), dev(x), n, c, ctx); });
 }
 
 template <class T>
 void fill_constant(T* out, Accum<T> value, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::fill_constant(w.out(out, n), value, n, ctx));
   MOEASR_OP_ON_CPU(T, "fill_constant", return moeasr::fill_constant(out, value, n, ctx));
   MOEASR_OP_ON_CUDA(T, "fill_constant", { fill_constant_cuda(dev(out), device_value<T>(value), n, ctx); });
 }
 
 template <class T>
 void copy_elements(T* dst, const T* src, int64_t n, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::copy_elements(w.out(dst, n), w.in(src, n), n, ctx));
   MOEASR_OP_ON_CPU(T, "copy_elements", return moeasr::copy_elements(dst, src, n, ctx));
   MOEASR_OP_ON_CUDA(T, "copy_elements", { copy_elements_cuda(dev(dst), dev(src), n, ctx); });
 }
@@ -255,6 +339,9 @@ void copy_elements(T* dst, const T* src, int64_t n, const RunContext& ctx) {
 template <class T>
 void transpose_middle_forward(T* dst, const T* src, int64_t outer, int64_t rows_i, int64_t cols_j,
                               int64_t inner, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::transpose_middle_forward(w.out(dst, outer * rows_i * cols_j * inner),
+                                                     w.in(src, outer * rows_i * cols_j * inner), outer,
+                                                     rows_i, cols_j, inner, ctx));
   MOEASR_OP_ON_CPU(T, "transpose_middle_forward",
                    return moeasr::transpose_middle_forward(dst, src, outer, rows_i, cols_j, inner, ctx));
   MOEASR_OP_ON_CUDA(T, "transpose_middle_forward", {
@@ -265,6 +352,9 @@ void transpose_middle_forward(T* dst, const T* src, int64_t outer, int64_t rows_
 template <class T>
 void transpose_middle_backward(T* dsrc, const T* ddst, int64_t outer, int64_t rows_i, int64_t cols_j,
                                int64_t inner, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::transpose_middle_backward(w.out(dsrc, outer * rows_i * cols_j * inner),
+                                                      w.in(ddst, outer * rows_i * cols_j * inner), outer,
+                                                      rows_i, cols_j, inner, ctx));
   MOEASR_OP_ON_CPU(T, "transpose_middle_backward",
                    return moeasr::transpose_middle_backward(dsrc, ddst, outer, rows_i, cols_j, inner, ctx));
   MOEASR_OP_ON_CUDA(T, "transpose_middle_backward", {
@@ -275,6 +365,9 @@ void transpose_middle_backward(T* dsrc, const T* ddst, int64_t outer, int64_t ro
 template <class T>
 void split_heads_forward(T* dst, const T* src, const Accum<T>* bias, int64_t batch, int64_t steps,
                          int64_t heads, int64_t d_k, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::split_heads_forward(w.out(dst, batch * steps * heads * d_k),
+                                                w.in(src, batch * steps * heads * d_k), bias, batch, steps,
+                                                heads, d_k, ctx));
   MOEASR_OP_ON_CPU(T, "split_heads_forward",
                    return moeasr::split_heads_forward(dst, src, bias, batch, steps, heads, d_k, ctx));
   MOEASR_OP_ON_CUDA(T, "split_heads_forward", {
@@ -285,6 +378,9 @@ void split_heads_forward(T* dst, const T* src, const Accum<T>* bias, int64_t bat
 template <class T>
 void split_heads_backward(T* dsrc, Accum<T>* dbias, const T* dout, int64_t batch, int64_t steps,
                           int64_t heads, int64_t d_k, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::split_heads_backward(w.out(dsrc, batch * steps * heads * d_k), dbias,
+                                  w.in(dout, batch * steps * heads * d_k), batch, steps, heads, d_k, ctx));
   MOEASR_OP_ON_CPU(T, "split_heads_backward",
                    return moeasr::split_heads_backward(dsrc, dbias, dout, batch, steps, heads, d_k, ctx));
   MOEASR_OP_ON_CUDA(T, "split_heads_backward", {
@@ -295,6 +391,9 @@ void split_heads_backward(T* dsrc, Accum<T>* dbias, const T* dout, int64_t batch
 template <class T>
 void masked_pad_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
                              int64_t lpad, int64_t channels, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::masked_pad_rows_forward(w.out(dst, batch * (lpad + time) * channels),
+                                                    w.in(src, batch * time * channels), mask, batch, time,
+                                                    lpad, channels, ctx));
   MOEASR_OP_ON_CPU(T, "masked_pad_rows_forward",
                    return moeasr::masked_pad_rows_forward(dst, src, mask, batch, time, lpad, channels, ctx));
   MOEASR_OP_ON_CUDA(T, "masked_pad_rows_forward", {
@@ -305,6 +404,9 @@ void masked_pad_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t 
 template <class T>
 void masked_pad_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
                               int64_t lpad, int64_t channels, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::masked_pad_rows_backward(w.out(dst, batch * time * channels),
+                                                     w.in(src, batch * (lpad + time) * channels), mask, batch,
+                                                     time, lpad, channels, ctx));
   MOEASR_OP_ON_CPU(T, "masked_pad_rows_backward",
                    return moeasr::masked_pad_rows_backward(dst, src, mask, batch, time, lpad, channels, ctx));
   MOEASR_OP_ON_CUDA(T, "masked_pad_rows_backward", {
@@ -315,6 +417,9 @@ void masked_pad_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t
 template <class T>
 void masked_crop_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
                               int64_t lpad, int64_t channels, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::masked_crop_rows_forward(w.out(dst, batch * time * channels),
+                                                     w.in(src, batch * (lpad + time) * channels), mask, batch,
+                                                     time, lpad, channels, ctx));
   MOEASR_OP_ON_CPU(T, "masked_crop_rows_forward",
                    return moeasr::masked_crop_rows_forward(dst, src, mask, batch, time, lpad, channels, ctx));
   MOEASR_OP_ON_CUDA(T, "masked_crop_rows_forward", {
@@ -325,6 +430,9 @@ void masked_crop_rows_forward(T* dst, const T* src, const uint8_t* mask, int64_t
 template <class T>
 void masked_crop_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_t batch, int64_t time,
                                int64_t lpad, int64_t channels, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::masked_crop_rows_backward(w.out(dst, batch * (lpad + time) * channels),
+                                                      w.in(src, batch * time * channels), mask, batch, time,
+                                                      lpad, channels, ctx));
   MOEASR_OP_ON_CPU(
       T, "masked_crop_rows_backward",
       return moeasr::masked_crop_rows_backward(dst, src, mask, batch, time, lpad, channels, ctx));
@@ -336,6 +444,8 @@ void masked_crop_rows_backward(T* dst, const T* src, const uint8_t* mask, int64_
 template <class T>
 void cmvn_normalize_forward(T* out, const T* x, const Accum<T>* mean, const Accum<T>* istd, int64_t rows,
                             int64_t feat, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::cmvn_normalize_forward(w.out(out, rows * feat), w.in(x, rows * feat), mean, istd,
+                                                   rows, feat, ctx));
   MOEASR_OP_ON_CPU(T, "cmvn_normalize_forward",
                    return moeasr::cmvn_normalize_forward(out, x, mean, istd, rows, feat, ctx));
   MOEASR_OP_ON_CUDA(T, "cmvn_normalize_forward", {
@@ -346,6 +456,8 @@ void cmvn_normalize_forward(T* out, const T* x, const Accum<T>* mean, const Accu
 template <class T>
 void scale_add_table_forward(T* out, const T* x, const Accum<T>* table, Accum<T> scale, int64_t batch,
                              int64_t time, int64_t d, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::scale_add_table_forward(w.out(out, batch * time * d), w.in(x, batch * time * d),
+                                                    table, scale, batch, time, d, ctx));
   MOEASR_OP_ON_CPU(T, "scale_add_table_forward",
                    return moeasr::scale_add_table_forward(out, x, table, scale, batch, time, d, ctx));
   MOEASR_OP_ON_CUDA(T, "scale_add_table_forward", {
@@ -356,6 +468,9 @@ void scale_add_table_forward(T* out, const T* x, const Accum<T>* table, Accum<T>
 template <class T>
 void scale_add_table_backward(T* dx, const T* dout, Accum<T> scale, int64_t batch, int64_t time, int64_t d,
                               const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::scale_add_table_backward(w.out(dx, batch * time * d), w.in(dout, batch * time * d), scale, batch,
+                                      time, d, ctx));
   MOEASR_OP_ON_CPU(T, "scale_add_table_backward",
                    return moeasr::scale_add_table_backward(dx, dout, scale, batch, time, d, ctx));
   MOEASR_OP_ON_CUDA(T, "scale_add_table_backward",
@@ -390,6 +505,9 @@ template void convert_elements<double, double>(double*, const double*, int64_t, 
 template <class T>
 void linear_forward(T* y, const T* x, const T* weight, const T* bias, int64_t n, int64_t in_features,
                     int64_t out_features, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::linear_forward(w.out(y, n * out_features), w.in(x, n * in_features),
+                                           w.in(weight, out_features * in_features), w.in(bias, out_features),
+                                           n, in_features, out_features, ctx));
   MOEASR_OP_ON_CPU(T, "linear_forward",
                    return moeasr::linear_forward(y, x, weight, bias, n, in_features, out_features, ctx));
   MOEASR_OP_ON_CUDA(T, "linear_forward", {
@@ -410,6 +528,10 @@ void linear_forward(T* y, const T* x, const T* weight, const T* bias, int64_t n,
 template <class T>
 void linear_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x, const T* weight,
                      int64_t n, int64_t in_features, int64_t out_features, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::linear_backward(w.out(dx, n * in_features), dweight, dbias, w.in(dy, n * out_features),
+                             w.in(x, n * in_features), w.in(weight, out_features * in_features), n,
+                             in_features, out_features, ctx));
   MOEASR_OP_ON_CPU(
       T, "linear_backward",
       return moeasr::linear_backward(dx, dweight, dbias, dy, x, weight, n, in_features, out_features, ctx));
@@ -445,6 +567,11 @@ template <class T>
 void grouped_linear_forward(T* y, const T* x, const T* weight, const T* bias, const int64_t* expert_offsets,
                             int64_t m_max, int64_t n_experts, int64_t in_features, int64_t out_features,
                             const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::grouped_linear_forward(w.out(y, m_max * out_features), w.in(x, m_max * in_features),
+                                    w.in(weight, n_experts * out_features * in_features),
+                                    w.in(bias, n_experts * out_features), expert_offsets, m_max, n_experts,
+                                    in_features, out_features, ctx));
   MOEASR_OP_ON_CPU(T, "grouped_linear_forward",
                    return moeasr::grouped_linear_forward(y, x, weight, bias, expert_offsets, m_max, n_experts,
                                                          in_features, out_features, ctx));
@@ -469,6 +596,11 @@ template <class T>
 void grouped_linear_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
                              const T* weight, const int64_t* expert_offsets, int64_t m_max, int64_t n_experts,
                              int64_t in_features, int64_t out_features, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::grouped_linear_backward(w.out(dx, m_max * in_features), dweight, dbias,
+                                     w.in(dy, m_max * out_features), w.in(x, m_max * in_features),
+                                     w.in(weight, n_experts * out_features * in_features), expert_offsets,
+                                     m_max, n_experts, in_features, out_features, ctx));
   MOEASR_OP_ON_CPU(T, "grouped_linear_backward",
                    return moeasr::grouped_linear_backward(dx, dweight, dbias, dy, x, weight, expert_offsets,
                                                           m_max, n_experts, in_features, out_features, ctx));
@@ -494,6 +626,14 @@ void gemm_strided_batched(T* c, const T* a, const T* b, Transpose trans_a, Trans
                           int64_t n, int64_t k, Accum<T> alpha, Accum<T> beta, int64_t lda, int64_t ldb,
                           int64_t ldc, int64_t stride_a, int64_t stride_b, int64_t stride_c, int64_t batch,
                           const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::gemm_strided_batched(
+                            w.out(c, operand_extent(m, n, ldc, stride_c, batch)),
+                            w.in(a, operand_extent(trans_a == Transpose::kNo ? m : k,
+                                                   trans_a == Transpose::kNo ? k : m, lda, stride_a, batch)),
+                            w.in(b, operand_extent(trans_b == Transpose::kNo ? k : n,
+                                                   trans_b == Transpose::kNo ? n : k, ldb, stride_b, batch)),
+                            trans_a, trans_b, m, n, k, alpha, beta, lda, ldb, ldc, stride_a, stride_b,
+                            stride_c, batch, ctx));
   MOEASR_OP_ON_CPU(T, "gemm_strided_batched",
                    return moeasr::gemm_strided_batched(c, a, b, trans_a, trans_b, m, n, k, alpha, beta, lda,
                                                        ldb, ldc, stride_a, stride_b, stride_c, batch, ctx));
@@ -518,6 +658,8 @@ void gemm_strided_batched(T* c, const T* a, const T* b, Transpose trans_a, Trans
 template <class T>
 void batched_matmul_forward(T* out, const T* a, const T* b, Transpose trans_b, int64_t groups, int64_t m,
                             int64_t n, int64_t k, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::batched_matmul_forward(w.out(out, groups * m * n), w.in(a, groups * m * k),
+                                                   w.in(b, groups * k * n), trans_b, groups, m, n, k, ctx));
   MOEASR_OP_ON_CPU(T, "batched_matmul_forward",
                    return moeasr::batched_matmul_forward(out, a, b, trans_b, groups, m, n, k, ctx));
   MOEASR_OP_ON_CUDA(T, "batched_matmul_forward", {
@@ -537,6 +679,9 @@ void batched_matmul_forward(T* out, const T* a, const T* b, Transpose trans_b, i
 template <class T>
 void batched_matmul_backward(T* da, T* db, const T* dout, const T* a, const T* b, Transpose trans_b,
                              int64_t groups, int64_t m, int64_t n, int64_t k, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::batched_matmul_backward(w.out(da, groups * m * k), w.out(db, groups * k * n),
+                                                    w.in(dout, groups * m * n), w.in(a, groups * m * k),
+                                                    w.in(b, groups * k * n), trans_b, groups, m, n, k, ctx));
   MOEASR_OP_ON_CPU(T, "batched_matmul_backward",
                    return moeasr::batched_matmul_backward(da, db, dout, a, b, trans_b, groups, m, n, k, ctx));
   MOEASR_OP_ON_CUDA(T, "batched_matmul_backward", {
@@ -560,6 +705,8 @@ void batched_matmul_backward(T* da, T* db, const T* dout, const T* a, const T* b
 template <class T>
 void softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_t cols,
                      const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T,
+                     op::softmax_forward(w.out(y, rows * cols), w.in(x, rows * cols), mask, rows, cols, ctx));
   MOEASR_OP_ON_CPU(T, "softmax_forward", return moeasr::softmax_forward(y, x, mask, rows, cols, ctx));
   MOEASR_OP_ON_CUDA(T, "softmax_forward",
                     { softmax_forward_cuda(dev(y), dev(x), dev(mask), rows, cols, ctx); });
@@ -567,6 +714,8 @@ void softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_
 
 template <class T>
 void softmax_backward(T* dx, const T* dy, const T* y, int64_t rows, int64_t cols, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::softmax_backward(w.out(dx, rows * cols), w.in(dy, rows * cols),
+                                             w.in(y, rows * cols), rows, cols, ctx));
   MOEASR_OP_ON_CPU(T, "softmax_backward", return moeasr::softmax_backward(dx, dy, y, rows, cols, ctx));
   MOEASR_OP_ON_CUDA(T, "softmax_backward",
                     { softmax_backward_cuda(dev(dx), dev(dy), dev(y), rows, cols, ctx); });
@@ -575,6 +724,8 @@ void softmax_backward(T* dx, const T* dy, const T* y, int64_t rows, int64_t cols
 template <class T>
 void log_softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, int64_t cols,
                          const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::log_softmax_forward(w.out(y, rows * cols), w.in(x, rows * cols), mask, rows, cols, ctx));
   MOEASR_OP_ON_CPU(T, "log_softmax_forward", return moeasr::log_softmax_forward(y, x, mask, rows, cols, ctx));
   MOEASR_OP_ON_CUDA(T, "log_softmax_forward",
                     { log_softmax_forward_cuda(dev(y), dev(x), dev(mask), rows, cols, ctx); });
@@ -583,6 +734,8 @@ void log_softmax_forward(T* y, const T* x, const uint8_t* mask, int64_t rows, in
 template <class T>
 void log_softmax_backward(T* dx, const T* dy, const T* y, const uint8_t* mask, int64_t rows, int64_t cols,
                           const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::log_softmax_backward(w.out(dx, rows * cols), w.in(dy, rows * cols),
+                                                 w.in(y, rows * cols), mask, rows, cols, ctx));
   MOEASR_OP_ON_CPU(T, "log_softmax_backward",
                    return moeasr::log_softmax_backward(dx, dy, y, mask, rows, cols, ctx));
   MOEASR_OP_ON_CUDA(T, "log_softmax_backward",
@@ -592,6 +745,9 @@ void log_softmax_backward(T* dx, const T* dy, const T* y, const uint8_t* mask, i
 template <class T>
 void attention_softmax_forward(T* probs, const T* scores, const uint8_t* mask, int64_t batch, int64_t heads,
                                int64_t queries, int64_t keys, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::attention_softmax_forward(w.out(probs, batch * heads * queries * keys),
+                                                      w.in(scores, batch * heads * queries * keys), mask,
+                                                      batch, heads, queries, keys, ctx));
   MOEASR_OP_ON_CPU(
       T, "attention_softmax_forward",
       return moeasr::attention_softmax_forward(probs, scores, mask, batch, heads, queries, keys, ctx));
@@ -603,6 +759,10 @@ void attention_softmax_forward(T* probs, const T* scores, const uint8_t* mask, i
 template <class T>
 void attention_softmax_backward(T* dscores, const T* dprobs, const T* probs, int64_t batch, int64_t heads,
                                 int64_t queries, int64_t keys, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::attention_softmax_backward(w.out(dscores, batch * heads * queries * keys),
+                                                       w.in(dprobs, batch * heads * queries * keys),
+                                                       w.in(probs, batch * heads * queries * keys), batch,
+                                                       heads, queries, keys, ctx));
   MOEASR_OP_ON_CPU(
       T, "attention_softmax_backward",
       return moeasr::attention_softmax_backward(dscores, dprobs, probs, batch, heads, queries, keys, ctx));
@@ -614,6 +774,7 @@ void attention_softmax_backward(T* dscores, const T* dprobs, const T* probs, int
 template <class T>
 void dropout_forward(T* y, const T* x, const PhiloxStream& stream, double p, int64_t n,
                      const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::dropout_forward(w.out(y, n), w.in(x, n), stream, p, n, ctx));
   MOEASR_OP_ON_CPU(T, "dropout_forward", return moeasr::dropout_forward(y, x, stream, p, n, ctx));
   MOEASR_OP_ON_CUDA(T, "dropout_forward", { dropout_forward_cuda(dev(y), dev(x), stream, p, n, ctx); });
 }
@@ -621,6 +782,7 @@ void dropout_forward(T* y, const T* x, const PhiloxStream& stream, double p, int
 template <class T>
 void dropout_backward(T* dx, const T* dy, const PhiloxStream& stream, double p, int64_t n,
                       const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::dropout_backward(w.out(dx, n), w.in(dy, n), stream, p, n, ctx));
   MOEASR_OP_ON_CPU(T, "dropout_backward", return moeasr::dropout_backward(dx, dy, stream, p, n, ctx));
   MOEASR_OP_ON_CUDA(T, "dropout_backward", { dropout_backward_cuda(dev(dx), dev(dy), stream, p, n, ctx); });
 }
@@ -628,6 +790,8 @@ void dropout_backward(T* dx, const T* dy, const PhiloxStream& stream, double p, 
 template <class T>
 void layer_norm_forward(T* out, Accum<T>* mean, Accum<T>* rstd, const T* x, const Accum<T>* weight,
                         const Accum<T>* bias, Accum<T> eps, int64_t n, int64_t c, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::layer_norm_forward(w.out(out, n * c), mean, rstd, w.in(x, n * c), weight, bias, eps, n, c, ctx));
   MOEASR_OP_ON_CPU(T, "layer_norm_forward",
                    return moeasr::layer_norm_forward(out, mean, rstd, x, weight, bias, eps, n, c, ctx));
   MOEASR_OP_ON_CUDA(T, "layer_norm_forward", {
@@ -639,6 +803,8 @@ template <class T>
 void layer_norm_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dout, const T* x,
                          const Accum<T>* mean, const Accum<T>* rstd, const Accum<T>* weight, int64_t n,
                          int64_t c, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::layer_norm_backward(w.out(dx, n * c), dweight, dbias, w.in(dout, n * c),
+                                                w.in(x, n * c), mean, rstd, weight, n, c, ctx));
   MOEASR_OP_ON_CPU(
       T, "layer_norm_backward",
       return moeasr::layer_norm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, n, c, ctx));
@@ -654,6 +820,9 @@ template <class T>
 void batch_norm_train_forward(T* out, Accum<T>* save_mean, Accum<T>* save_rstd, Accum<T>* running_mean,
                               Accum<T>* running_var, const T* x, const Accum<T>* weight, const Accum<T>* bias,
                               Accum<T> momentum, Accum<T> eps, int64_t n, int64_t c, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::batch_norm_train_forward(w.out(out, n * c), save_mean, save_rstd, running_mean, running_var,
+                                      w.in(x, n * c), weight, bias, momentum, eps, n, c, ctx));
   MOEASR_OP_ON_CPU(
       T, "batch_norm_train_forward",
       return moeasr::batch_norm_train_forward(out, save_mean, save_rstd, running_mean, running_var, x, weight,
@@ -671,6 +840,9 @@ template <class T>
 void batch_norm_train_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dout, const T* x,
                                const Accum<T>* save_mean, const Accum<T>* save_rstd, const Accum<T>* weight,
                                int64_t n, int64_t c, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::batch_norm_train_backward(w.out(dx, n * c), dweight, dbias, w.in(dout, n * c), w.in(x, n * c),
+                                       save_mean, save_rstd, weight, n, c, ctx));
   MOEASR_OP_ON_CPU(T, "batch_norm_train_backward",
                    return moeasr::batch_norm_train_backward(dx, dweight, dbias, dout, x, save_mean, save_rstd,
                                                             weight, n, c, ctx));
@@ -686,6 +858,8 @@ template <class T>
 void batch_norm_eval_forward(T* out, const T* x, const Accum<T>* running_mean, const Accum<T>* running_var,
                              const Accum<T>* weight, const Accum<T>* bias, Accum<T> eps, int64_t n, int64_t c,
                              const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::batch_norm_eval_forward(w.out(out, n * c), w.in(x, n * c), running_mean,
+                                                    running_var, weight, bias, eps, n, c, ctx));
   MOEASR_OP_ON_CPU(T, "batch_norm_eval_forward",
                    return moeasr::batch_norm_eval_forward(out, x, running_mean, running_var, weight, bias,
                                                           eps, n, c, ctx));
@@ -700,6 +874,9 @@ void batch_norm_eval_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T
                               const Accum<T>* running_mean, const Accum<T>* running_var,
                               const Accum<T>* weight, Accum<T> eps, int64_t n, int64_t c,
                               const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::batch_norm_eval_backward(w.out(dx, n * c), dweight, dbias, w.in(dout, n * c), w.in(x, n * c),
+                                      running_mean, running_var, weight, eps, n, c, ctx));
   MOEASR_OP_ON_CPU(T, "batch_norm_eval_backward",
                    return moeasr::batch_norm_eval_backward(dx, dweight, dbias, dout, x, running_mean,
                                                            running_var, weight, eps, n, c, ctx));
@@ -715,6 +892,12 @@ template <class T>
 void conv2d_3x3s2_forward(T* y, const T* x, const T* weight, const T* bias, int64_t batch,
                           int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
                           const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T,
+      op::conv2d_3x3s2_forward(
+          w.out(y, batch * out_channels * conv2d_3x3s2_output_size(height) * conv2d_3x3s2_output_size(width)),
+          w.in(x, batch * in_channels * height * width), w.in(weight, out_channels * in_channels * 9),
+          w.in(bias, out_channels), batch, in_channels, out_channels, height, width, ctx));
   MOEASR_OP_ON_CPU(T, "conv2d_3x3s2_forward",
                    return moeasr::conv2d_3x3s2_forward(
                        y, host_scratch<T>(ctx, conv2d_3x3s2_workspace_elems(in_channels, height, width)), x,
@@ -732,6 +915,13 @@ template <class T>
 void conv2d_3x3s2_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
                            const T* weight, int64_t batch, int64_t in_channels, int64_t out_channels,
                            int64_t height, int64_t width, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T,
+      op::conv2d_3x3s2_backward(
+          w.out(dx, batch * in_channels * height * width), dweight, dbias,
+          w.in(dy, batch * out_channels * conv2d_3x3s2_output_size(height) * conv2d_3x3s2_output_size(width)),
+          w.in(x, batch * in_channels * height * width), w.in(weight, out_channels * in_channels * 9), batch,
+          in_channels, out_channels, height, width, ctx));
   MOEASR_OP_ON_CPU(
       T, "conv2d_3x3s2_backward",
       return moeasr::conv2d_3x3s2_backward(
@@ -750,6 +940,10 @@ template <class T>
 void depthwise_conv1d_forward(T* y, const T* x, const T* weight, const T* bias, Conv1dPadding padding,
                               int64_t batch, int64_t time, int64_t channels, int64_t kernel_size,
                               const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::depthwise_conv1d_forward(w.out(y, batch * time * channels), w.in(x, batch * time * channels),
+                                      w.in(weight, channels * kernel_size), w.in(bias, channels), padding,
+                                      batch, time, channels, kernel_size, ctx));
   MOEASR_OP_ON_CPU(T, "depthwise_conv1d_forward",
                    return moeasr::depthwise_conv1d_forward(y, x, weight, bias, padding, batch, time, channels,
                                                            kernel_size, ctx));
@@ -763,6 +957,11 @@ template <class T>
 void depthwise_conv1d_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const T* dy, const T* x,
                                const T* weight, Conv1dPadding padding, int64_t batch, int64_t time,
                                int64_t channels, int64_t kernel_size, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::depthwise_conv1d_backward(w.out(dx, batch * time * channels), dweight, dbias,
+                                       w.in(dy, batch * time * channels), w.in(x, batch * time * channels),
+                                       w.in(weight, channels * kernel_size), padding, batch, time, channels,
+                                       kernel_size, ctx));
   MOEASR_OP_ON_CPU(T, "depthwise_conv1d_backward",
                    return moeasr::depthwise_conv1d_backward(dx, dweight, dbias, dy, x, weight, padding, batch,
                                                             time, channels, kernel_size, ctx));
@@ -775,6 +974,8 @@ void depthwise_conv1d_backward(T* dx, Accum<T>* dweight, Accum<T>* dbias, const 
 template <class T>
 void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t n, int64_t vocab, int64_t dim,
                        const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::embedding_forward(w.out(out, n * dim), ids, w.in(table, vocab * dim), n, vocab, dim, ctx));
   MOEASR_OP_ON_CPU(T, "embedding_forward",
                    return moeasr::embedding_forward(out, ids, table, n, vocab, dim, ctx));
   MOEASR_OP_ON_CUDA(T, "embedding_forward",
@@ -784,6 +985,7 @@ void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t n, in
 template <class T>
 void embedding_backward(Accum<T>* dtable, const T* dout, const int32_t* ids, int64_t n, int64_t vocab,
                         int64_t dim, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::embedding_backward(dtable, w.in(dout, n * dim), ids, n, vocab, dim, ctx));
   MOEASR_OP_ON_CPU(T, "embedding_backward",
                    return moeasr::embedding_backward(dtable, dout, ids, n, vocab, dim, ctx));
   MOEASR_OP_ON_CUDA(T, "embedding_backward",
@@ -875,6 +1077,8 @@ void moe_routing_softmax_backward(T* dvalues, const T* dweights, const T* weight
 template <class T>
 void moe_permute_forward(T* permuted, const T* x, const int32_t* dest, int64_t n, int64_t m, int64_t k,
                          int64_t d, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T,
+                     op::moe_permute_forward(w.out(permuted, m * d), w.in(x, n * d), dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CPU(T, "moe_permute_forward",
                    return moeasr::moe_permute_forward(permuted, x, dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CUDA(T, "moe_permute_forward",
@@ -884,6 +1088,8 @@ void moe_permute_forward(T* permuted, const T* x, const int32_t* dest, int64_t n
 template <class T>
 void moe_permute_backward(T* dx, const T* dpermuted, const int32_t* dest, int64_t n, int64_t m, int64_t k,
                           int64_t d, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::moe_permute_backward(w.out(dx, n * d), w.in(dpermuted, m * d), dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CPU(T, "moe_permute_backward",
                    return moeasr::moe_permute_backward(dx, dpermuted, dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CUDA(T, "moe_permute_backward",
@@ -893,6 +1099,8 @@ void moe_permute_backward(T* dx, const T* dpermuted, const int32_t* dest, int64_
 template <class T>
 void moe_unpermute_forward(T* out, const T* y, const Accum<T>* weights, const int32_t* dest, int64_t n,
                            int64_t m, int64_t k, int64_t d, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::moe_unpermute_forward(w.out(out, n * d), w.in(y, m * d), weights, dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CPU(T, "moe_unpermute_forward",
                    return moeasr::moe_unpermute_forward(out, y, weights, dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CUDA(T, "moe_unpermute_forward", {
@@ -904,6 +1112,8 @@ template <class T>
 void moe_unpermute_backward(T* dy, Accum<T>* dweights, const T* dout, const T* y, const Accum<T>* weights,
                             const int32_t* dest, int64_t n, int64_t m, int64_t k, int64_t d,
                             const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::moe_unpermute_backward(w.out(dy, m * d), dweights, w.in(dout, n * d),
+                                                   w.in(y, m * d), weights, dest, n, m, k, d, ctx));
   MOEASR_OP_ON_CPU(
       T, "moe_unpermute_backward",
       return moeasr::moe_unpermute_backward(dy, dweights, dout, y, weights, dest, n, m, k, d, ctx));
@@ -1012,6 +1222,9 @@ void label_smoothing_loss_forward(Accum<T>* loss, Accum<T>* log_sum_exp, int64_t
                                   int64_t* num_correct, const T* logits, const int32_t* targets,
                                   double smoothing, int32_t ignore_id, double normalizer, int64_t n,
                                   int64_t vocab, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(
+      T, op::label_smoothing_loss_forward(loss, log_sum_exp, num_kept, num_correct, w.in(logits, n * vocab),
+                                          targets, smoothing, ignore_id, normalizer, n, vocab, ctx));
   MOEASR_OP_ON_CPU(
       T, "label_smoothing_loss_forward",
       return moeasr::label_smoothing_loss_forward(loss, log_sum_exp, num_kept, num_correct, logits, targets,
@@ -1029,6 +1242,9 @@ template <class T>
 void label_smoothing_loss_backward(T* dlogits, Accum<T> dloss, const T* logits, const Accum<T>* log_sum_exp,
                                    const int32_t* targets, double smoothing, int32_t ignore_id,
                                    double normalizer, int64_t n, int64_t vocab, const RunContext& ctx) {
+  MOEASR_BF16_ON_CPU(T, op::label_smoothing_loss_backward(w.out(dlogits, n * vocab), dloss,
+                                                          w.in(logits, n * vocab), log_sum_exp, targets,
+                                                          smoothing, ignore_id, normalizer, n, vocab, ctx));
   MOEASR_OP_ON_CPU(
       T, "label_smoothing_loss_backward",
       return moeasr::label_smoothing_loss_backward(dlogits, dloss, logits, log_sum_exp, targets, smoothing,

@@ -3,11 +3,12 @@
 // routed on ctx.device to the CPU op or to its CUDA twin (kernels/cuda/<op>_cuda.h). model/ calls
 // these, so the same layer code runs on both backends (DESIGN.md §2: explicit context, no globals).
 //
-// T is the storage type: float, double (CPU only: the gradient checks) or bf16 (CUDA only: the bf16
-// model; the CPU ops refuse it). Pointers that the CUDA twins keep in fp32 whatever T is (parameters
-// added or scaled in fp32, norm statistics, routing weights, losses, scalars) are Accum<T> (float
-// for bf16, T otherwise; core/dtype.h). On ctx.device == cuda every pointer is device memory and the
-// build must have the CUDA backend; otherwise the op CHECK-fails naming itself. The routing, CTC and
+// T is the storage type: float, double (CPU only: the gradient checks) or bf16 (the bf16 model; on
+// the CPU a reference path widens each bf16 array to fp32, runs the fp32 op and rounds what it wrote,
+// one rounding per stored element as on the GPU; slow, for tests). Pointers that the CUDA twins keep in fp32
+// whatever T is (parameters added or scaled in fp32, norm statistics, routing weights, losses, scalars) are
+// Accum<T> (float for bf16, T otherwise; core/dtype.h). On ctx.device == cuda every pointer is device memory
+// and the build must have the CUDA backend; otherwise the op CHECK-fails naming itself. The routing, CTC and
 // optimizer ops exist for float and double only (a bf16 model calls them on Accum<T> tensors).
 // With ctx.bf16_matmul (float only) the matrix products (linear,
 // grouped_linear, gemm_strided_batched, batched_matmul) cast their fp32 operands to bf16 in the

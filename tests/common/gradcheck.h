@@ -3,8 +3,11 @@
 // so one scalar exercises every output element). Also seeded random buffers and a CPU RunContext.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -44,5 +47,19 @@ void expect_gradients_match(const std::function<double()>& loss, const std::func
 
 // A CPU context for tests: 2 threads, optional reference kernels.
 RunContext cpu_test_context(bool use_reference_kernels = false, int num_threads = 2);
+
+// ||got - want|| / max(||want||, 1e-30); +inf on a size mismatch or any non-finite `got`.
+template <class A, class B>
+double relative_norm_error(const std::vector<A>& got, const std::vector<B>& want) {
+  if (got.size() != want.size()) return std::numeric_limits<double>::infinity();
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    double g = static_cast<double>(got[i]), w = static_cast<double>(want[i]);
+    if (!std::isfinite(g)) return std::numeric_limits<double>::infinity();
+    diff += (g - w) * (g - w);
+    norm += w * w;
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
+}
 
 }  // namespace moeasr::testing

@@ -24,6 +24,7 @@
 #include "core/run_context.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "tests/common/gradcheck.h"
 
 // Skips the calling test (label gpu only; other labels treat a skip as a failure) with the reason.
 #define MOEASR_SKIP_WITHOUT_GPU()                                                                \
@@ -145,19 +146,7 @@ double max_scaled_error(const std::vector<A>& got, const std::vector<B>& want) {
   return worst;
 }
 
-// ||got - want|| / max(||want||, 1e-30); +inf on a size mismatch or any non-finite `got`.
-template <class A, class B>
-double relative_norm_error(const std::vector<A>& got, const std::vector<B>& want) {
-  if (got.size() != want.size()) return std::numeric_limits<double>::infinity();
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    double g = static_cast<double>(got[i]), w = static_cast<double>(want[i]);
-    if (!std::isfinite(g)) return std::numeric_limits<double>::infinity();
-    diff += (g - w) * (g - w);
-    norm += w * w;
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
-}
+// relative_norm_error: tests/common/gradcheck.h.
 
 // A RunContext for CUDA ops on the default stream (the ops take the stream from ctx.cuda_stream).
 inline RunContext gpu_test_context() {

@@ -10,7 +10,8 @@
 // stale buffer gives errors of order 1). NaN never passes (relative_norm_error returns inf).
 // The two bf16 modes run the same step: bf16 matrix products on the fp32 model (RunContext::bf16_matmul,
 // what recognize --precision bf16 uses) and the bf16 model (U2ppModel<bf16> over ParameterStore<bf16>:
-// bf16 activations and weight copies, fp32 masters and gradients; what train --precision bf16 uses).
+// bf16 activations and weight copies, fp32 masters and gradients; what train --precision bf16 uses),
+// the latter against the same bf16 model on the CPU (the CPU's bf16 path rounds where the GPU does).
 // Skips without a GPU (label gpu).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -28,7 +29,7 @@
 namespace moeasr {
 namespace {
 
-ModelConfig tiny_moe_config(ConvNormType norm, double dropout) {
+ModelConfig tiny_moe_config(ConvNormType norm, double dropout, int64_t top_k = 2) {
   ModelConfig c;
   c.input_dim = 20;
   c.vocab_size = 12;
@@ -41,7 +42,7 @@ ModelConfig tiny_moe_config(ConvNormType norm, double dropout) {
   c.encoder.ffn.mlp_type = MlpType::kMoe;
   c.encoder.ffn.linear_units = 32;
   c.encoder.ffn.n_expert = 4;
-  c.encoder.ffn.n_expert_activated = 2;
+  c.encoder.ffn.n_expert_activated = top_k;
   c.encoder.dropout_rate = c.encoder.positional_dropout_rate = c.encoder.attention_dropout_rate = dropout;
   c.decoder.attention_heads = 2;
   c.decoder.num_blocks = 1;
@@ -85,12 +86,12 @@ void record_delta(StepResult* r, const ParameterStore<float>& store, const Param
   }
 }
 
+// The CPU reference: the fp32 model, or (bf16_model) the bf16 model through the CPU's bf16 path
+// (kernels/ops.h: each op on fp32 copies, its outputs rounded to bf16, as the CUDA kernels round).
 StepResult run_cpu(const ModelConfig& config, const ParameterTable& table, const HostBatch& h,
-                   const U2ppForwardOptions& options, const StepRng& rng) {
+                   const U2ppForwardOptions& options, const StepRng& rng, bool bf16_model = false) {
   ParameterStore<float> store(table);
   initialize_parameters(&store, 7);
-  LocalExpertDispatcher<float> dispatcher;
-  U2ppModel<float> model(config, &store, &dispatcher, ExpertLayout{});
   Arena arena("activations", 1 << 20, Arena::Growth::kGrowable);
   RunContext ctx = testing::cpu_test_context();
   ctx.activations = &arena;
@@ -98,8 +99,19 @@ StepResult run_cpu(const ModelConfig& config, const ParameterTable& table, const
       h.feats.data(), h.feat_lengths.data(), h.text.data(), h.text_lengths.data(), h.batch, h.frames,
       h.max_text};
   StepResult r;
-  r.loss = model.forward(view, options, rng, ctx);
-  model.backward(1.0, rng, ctx);
+  if (bf16_model) {
+    Arena copy_arena("bf16 copy", 1 << 16, Arena::Growth::kGrowable);
+    ParameterStore<bf16> copy(&store, &copy_arena, ctx);
+    LocalExpertDispatcher<bf16> dispatcher;
+    U2ppModel<bf16> model(config, &copy, &dispatcher, ExpertLayout{});
+    r.loss = model.forward(view, options, rng, ctx);
+    model.backward(1.0, rng, ctx);
+  } else {
+    LocalExpertDispatcher<float> dispatcher;
+    U2ppModel<float> model(config, &store, &dispatcher, ExpertLayout{});
+    r.loss = model.forward(view, options, rng, ctx);
+    model.backward(1.0, rng, ctx);
+  }
   for (int i = 0; i < kNumParamRegions; ++i) r.grads[i] = store.grads[i];
   ParameterStore<float> initial(table);
   initialize_parameters(&initial, 7);
@@ -167,18 +179,22 @@ StepResult run_gpu(const ModelConfig& config, const ParameterTable& table, const
 // Tolerances: fp32 GEMMs as the header says; with bf16 matrix products (operands rounded to 8-bit
 // mantissas, ~4e-3 relative each, fp32 accumulation) 1e-2 on the losses and 5e-2 on the gradients,
 // and the Adam update is not compared (at step 1 it is lr * sign(grad): small gradients flip sign).
-// The bf16 model also rounds every activation it stores (the residual trunk included), about twice
-// as many roundings on each path: 2e-2 on the losses, 5e-2 on the gradients (a wrong op or a stale
-// buffer still gives errors of order 1).
+// The bf16 model is compared with the CPU's bf16 model (same weights, same rounding points): what
+// differs is the order of the fp32 sums inside the ops, which moves a stored bf16 value by one unit
+// now and then. tests/model/bf16_model_test.cc measured the effect of the activations' rounding
+// itself at 0.5-2% on this tiny (ill-conditioned) model; these one-unit moves are a fraction of that:
+// losses 1e-3, gradients 4e-2 (8e-2 for the experts with top-2 routing, where a decision near a tie
+// may go the other way).
 void expect_step_matches(ConvNormType norm, double dropout, int64_t chunk_size,
-                         GpuPrecision precision = GpuPrecision::kFp32) {
+                         GpuPrecision precision = GpuPrecision::kFp32, int64_t top_k = 2) {
   const bool bf16_matmul = precision != GpuPrecision::kFp32;  // either bf16 mode
+  const bool bf16_model = precision == GpuPrecision::kBf16Model;
   SCOPED_TRACE(::testing::Message() << "norm " << static_cast<int>(norm) << " dropout " << dropout
-                                    << " chunk " << chunk_size << " precision "
-                                    << static_cast<int>(precision));
-  const double loss_tol = precision == GpuPrecision::kBf16Model ? 2e-2 : bf16_matmul ? 1e-2 : 1e-4;
-  const double grad_tol = bf16_matmul ? 5e-2 : 1e-4;
-  ModelConfig config = tiny_moe_config(norm, dropout);
+                                    << " chunk " << chunk_size << " precision " << static_cast<int>(precision)
+                                    << " top-" << top_k);
+  const double loss_tol = bf16_model ? 1e-3 : bf16_matmul ? 1e-2 : 1e-4;
+  const double grad_tol = bf16_model ? 4e-2 : bf16_matmul ? 5e-2 : 1e-4;
+  ModelConfig config = tiny_moe_config(norm, dropout, top_k);
   ParameterTable table = build_u2pp_parameter_table(config, ExpertLayout{});
   HostBatch h;
   h.feats = testing::random_floats(h.batch * h.frames * config.input_dim, 21, -1.5f, 1.5f);
@@ -189,7 +205,7 @@ void expect_step_matches(ConvNormType norm, double dropout, int64_t chunk_size,
   rng.base.seed = 99;
   rng.base.step = 3;
 
-  StepResult cpu = run_cpu(config, table, h, options, rng);
+  StepResult cpu = run_cpu(config, table, h, options, rng, bf16_model);
   StepResult gpu = run_gpu(config, table, h, options, rng, precision);
   auto near = [&](double got, double want) {
     return std::fabs(got - want) <= loss_tol * std::max(1.0, std::fabs(want));
@@ -205,7 +221,8 @@ void expect_step_matches(ConvNormType norm, double dropout, int64_t chunk_size,
   for (ParamRegion region : {ParamRegion::kDense, ParamRegion::kExpert}) {
     const int i = static_cast<int>(region);
     ASSERT_FALSE(cpu.grads[i].empty());
-    EXPECT_LE(testing::relative_norm_error(gpu.grads[i], cpu.grads[i]), grad_tol) << "gradient region " << i;
+    const double tol = bf16_model && region == ParamRegion::kExpert && top_k < 4 ? 2 * grad_tol : grad_tol;
+    EXPECT_LE(testing::relative_norm_error(gpu.grads[i], cpu.grads[i]), tol) << "gradient region " << i;
   }
   // One Adam update (WarmupLR, clipping at 5) on the device against the CPU's: the norm, and the
   // parameter change (at step 1 each element moves by about lr * sign(grad), so elements whose
@@ -244,8 +261,8 @@ TEST(U2ppModelCuda, TrainingStepWithBf16MatrixProductsIsCloseToCpu) {
 
 TEST(U2ppModelCuda, Bf16ModelTrainingStepIsCloseToCpu) {
   MOEASR_SKIP_WITHOUT_GPU();
-  expect_step_matches(ConvNormType::kBatchNorm, 0.0, 3, GpuPrecision::kBf16Model);
-  expect_step_matches(ConvNormType::kLayerNorm, 0.1, -1, GpuPrecision::kBf16Model);
+  expect_step_matches(ConvNormType::kBatchNorm, 0.0, 3, GpuPrecision::kBf16Model, /*top_k=*/4);
+  expect_step_matches(ConvNormType::kLayerNorm, 0.1, -1, GpuPrecision::kBf16Model, /*top_k=*/2);
 }
 
 }  // namespace
