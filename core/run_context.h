@@ -25,6 +25,10 @@ struct RunContext {
   // copies of their fp32 operands (tensor cores), accumulate in fp32 and write fp32; every other op
   // stays fp32. Off: exact fp32 GEMMs (no TF32). Ignored on the CPU.
   bool bf16_matmul = false;
+  // Tests: run the GPU's MoE path for every expert local (row buffers of the bound N*k, the routed
+  // row count and per-expert counts never read back inside the layer) on the CPU too, to check that it
+  // equals the counted path. The CUDA backend takes that path whenever EP = 1.
+  bool force_moe_device_sizes = false;
   int rank = 0;  // this process in the world communicator
   int world = 1;
   // CUDA backend handles (cudaStream_t, cublasLtHandle_t, cudnnHandle_t); opaque here so that core

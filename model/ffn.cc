@@ -186,7 +186,7 @@ void moe_ffn_forward(MoeFfnSaved<T>* saved, T* out, const T* x, const uint8_t* t
   int64_t* offsets = activation_alloc<int64_t>(ctx, n_experts + 1);
   saved->dest = activation_alloc<int32_t>(ctx, n * k);
   int64_t r = 0;
-  saved->sizes_on_device = ctx.device != Device::cpu && layout.ep_size == 1;
+  saved->sizes_on_device = layout.ep_size == 1 && (ctx.device != Device::cpu || ctx.force_moe_device_sizes);
   if (saved->sizes_on_device) {
     // GPU, every expert local: no host synchronisation. M stays on the device (offsets[E]); the row
     // buffers take its bound N*k and the grouped Linears walk the device offsets, so rows [M, N*k)

@@ -6,7 +6,8 @@
 //     are the fp32 store's own arrays, refresh_copy() follows a change of the masters;
 //   - U2ppModel<bf16> on the CPU (ops.h's bf16 reference path: each op on fp32 copies, its outputs
 //     rounded) against U2ppModel<float>: one training step's losses and gradients agree within bf16
-//     rounding, and a second bf16 run repeats the first bit for bit.
+//     rounding, and a second bf16 run repeats the first bit for bit;
+//   - the MoE layers' device-sized path (the GPU's, EP = 1) gives the counted path's step bit for bit.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -111,18 +112,19 @@ TEST(Bf16Model, ParameterStoreCopyHoldsTheRoundedMastersAndFollowsThem) {
 struct StepOutput {
   U2ppLoss loss;
   std::vector<float> grads[kNumParamRegions];
+  std::vector<std::vector<int64_t>> expert_load;
 };
 
 // One training forward + backward of a tiny MoE model on the CPU from the same initial weights, batch
 // and dropout masks: fp32, fp32 on the weights rounded to bf16 (the values the bf16 model's matrix
 // products see), or the bf16 model.
-enum class Run { kFp32, kFp32RoundedWeights, kBf16 };
+enum class Precision { kFp32, kFp32RoundedWeights, kBf16 };
 
-StepOutput cpu_step(const ModelConfig& config, const ParameterTable& table, Run run,
-                    const U2ppForwardOptions& options) {
+StepOutput cpu_step(const ModelConfig& config, const ParameterTable& table, Precision run,
+                    const U2ppForwardOptions& options, bool moe_device_sizes = false) {
   ParameterStore<float> masters(table);
   initialize_parameters(&masters, 7);
-  if (run == Run::kFp32RoundedWeights) {
+  if (run == Precision::kFp32RoundedWeights) {
     for (std::vector<float>& region : masters.values) {
       for (float& v : region) v = static_cast<float>(bf16(v));
     }
@@ -130,6 +132,7 @@ StepOutput cpu_step(const ModelConfig& config, const ParameterTable& table, Run 
   RunContext ctx = testing::cpu_test_context();
   Arena arena("activations", 1 << 20, Arena::Growth::kGrowable);
   ctx.activations = &arena;
+  ctx.force_moe_device_sizes = moe_device_sizes;
   const int64_t batch = 4, frames = 47, max_text = 4;
   std::vector<float> feats = testing::random_floats(batch * frames * config.input_dim, 21, -1.5f, 1.5f);
   std::vector<int32_t> feat_lengths = {47, 40, 31, 23};
@@ -141,18 +144,20 @@ StepOutput cpu_step(const ModelConfig& config, const ParameterTable& table, Run 
   rng.base.seed = 99;
   rng.base.step = 3;
   StepOutput r;
-  if (run == Run::kBf16) {
+  if (run == Precision::kBf16) {
     Arena copy_arena("bf16 copy", 1 << 16, Arena::Growth::kGrowable);
     ParameterStore<bf16> copy(&masters, &copy_arena, ctx);
     LocalExpertDispatcher<bf16> dispatcher;
     U2ppModel<bf16> model(config, &copy, &dispatcher, ExpertLayout{});
     r.loss = model.forward(view, options, rng, ctx);
     model.backward(1.0, rng, ctx);
+    r.expert_load = model.expert_load(ctx);
   } else {
     LocalExpertDispatcher<float> dispatcher;
     U2ppModel<float> model(config, &masters, &dispatcher, ExpertLayout{});
     r.loss = model.forward(view, options, rng, ctx);
     model.backward(1.0, rng, ctx);
+    r.expert_load = model.expert_load(ctx);
   }
   for (int i = 0; i < kNumParamRegions; ++i) r.grads[i] = masters.grads[i];
   return r;
@@ -182,8 +187,8 @@ void expect_bf16_step_close(ConvNormType norm, double dropout, int64_t chunk_siz
   const ParameterTable table = build_u2pp_parameter_table(config, ExpertLayout{});
   U2ppForwardOptions options;
   options.chunk_size = chunk_size;
-  const StepOutput want = cpu_step(config, table, Run::kFp32RoundedWeights, options);
-  const StepOutput got = cpu_step(config, table, Run::kBf16, options);
+  const StepOutput want = cpu_step(config, table, Precision::kFp32RoundedWeights, options);
+  const StepOutput got = cpu_step(config, table, Precision::kBf16, options);
   auto near = [](double a, double b) { return std::fabs(a - b) <= 1e-3 * std::max(1.0, std::fabs(b)); };
   EXPECT_TRUE(near(got.loss.total, want.loss.total)) << got.loss.total << " vs " << want.loss.total;
   EXPECT_TRUE(near(got.loss.ctc, want.loss.ctc)) << got.loss.ctc << " vs " << want.loss.ctc;
@@ -202,7 +207,7 @@ void expect_bf16_step_close(ConvNormType norm, double dropout, int64_t chunk_siz
     EXPECT_GT(error, 0.0) << "gradient region " << i << ": the bf16 model must round its activations";
   }
   // The bf16 step is deterministic.
-  const StepOutput again = cpu_step(config, table, Run::kBf16, options);
+  const StepOutput again = cpu_step(config, table, Precision::kBf16, options);
   EXPECT_EQ(again.loss.total, got.loss.total);
   for (int i = 0; i < kNumParamRegions; ++i) EXPECT_EQ(again.grads[i], got.grads[i]) << "region " << i;
 }
@@ -213,6 +218,27 @@ TEST(Bf16Model, TrainingStepOnCpuMatchesFp32BatchNormChunkMaskEveryExpert) {
 
 TEST(Bf16Model, TrainingStepOnCpuMatchesFp32LayerNormDropoutTop2) {
   expect_bf16_step_close(ConvNormType::kLayerNorm, 0.1, -1, /*top_k=*/2);
+}
+
+// The combination the GPU trains with: the bf16 model and the MoE layers' device-sized path (row
+// buffers of N*k, no routed-row count read back; RunContext::force_moe_device_sizes runs it on the
+// CPU). Bit for bit the counted path's step, expert load statistics included.
+TEST(Bf16Model, DeviceSizedMoeStepEqualsTheCountedStep) {
+  ModelConfig config = tiny_moe_config();
+  config.encoder.dropout_rate = config.decoder.dropout_rate = 0.1;
+  const ParameterTable table = build_u2pp_parameter_table(config, ExpertLayout{});
+  U2ppForwardOptions options;
+  options.chunk_size = 3;
+  for (Precision run : {Precision::kFp32, Precision::kBf16}) {
+    SCOPED_TRACE(run == Precision::kBf16 ? "bf16" : "fp32");
+    const StepOutput counted = cpu_step(config, table, run, options, false);
+    const StepOutput sized = cpu_step(config, table, run, options, true);
+    EXPECT_EQ(sized.loss.total, counted.loss.total);
+    EXPECT_EQ(sized.loss.num_correct, counted.loss.num_correct);
+    for (int i = 0; i < kNumParamRegions; ++i) EXPECT_EQ(sized.grads[i], counted.grads[i]) << "region " << i;
+    ASSERT_EQ(counted.expert_load.size(), 4u);  // encoder macaron and ff, left and right decoder
+    EXPECT_EQ(sized.expert_load, counted.expert_load);
+  }
 }
 
 }  // namespace

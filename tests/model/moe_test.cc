@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -370,6 +371,43 @@ TEST(MoeFfn, CopyingDispatcherGivesIdenticalResults) {
     EXPECT_EQ(a.out, b.out);
     EXPECT_EQ(a.dx, b.dx);
     for (int r = 0; r < kNumParamRegions; ++r) EXPECT_EQ(a.store.grads[r], b.store.grads[r]);
+  }
+}
+
+// The GPU's path for every expert local (RunContext::force_moe_device_sizes here): the row buffers
+// take the bound N*k, the plan's M and counts are never read back in the layer, no dispatcher call,
+// the grouped Linears walk the plan's offsets. It must give exactly the counted path's results, with
+// padded tokens (so M < N*k and rows [M, N*k) hold whatever the arena had) and dropout active.
+TEST(MoeFfn, DeviceSizedPathEqualsTheCountedPath) {
+  const int64_t n = 11, d = 6, f = 5, n_experts = 4, k = 2;
+  std::vector<uint8_t> mask = {1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 0};
+  for (const uint8_t* token_mask :
+       {static_cast<const uint8_t*>(nullptr), static_cast<const uint8_t*>(mask.data())}) {
+    Moe<double> counted(d, f, n_experts, k, true, ActivationType::kSwish, 0.2);
+    Moe<double> sized(d, f, n_experts, k, true, ActivationType::kSwish, 0.2);
+    counted.rng = sized.rng = make_rng(true);
+    CopyingDispatcher<double> never_called;
+    sized.dispatcher = &never_called;
+    sized.ctx.force_moe_device_sizes = true;
+    // NaN in the memory the row buffers come from (forward resets the arena and allocates from its
+    // start): rows [M, N*k) keep it, and it must not reach any result.
+    double* poison = sized.arena.allocate_array<double>(int64_t{1} << 16);
+    std::fill_n(poison, int64_t{1} << 16, std::numeric_limits<double>::quiet_NaN());
+    fill_store(&counted.store, 61, -0.6, 0.6);
+    fill_store(&sized.store, 61, -0.6, 0.6);
+    auto x = random_doubles(n * d, 62), dout = random_doubles(n * d, 63);
+    counted.forward_backward(x, token_mask, dout, n);
+    sized.forward_backward(x, token_mask, dout, n);
+    EXPECT_FALSE(counted.saved.sizes_on_device);
+    EXPECT_TRUE(sized.saved.sizes_on_device);
+    EXPECT_EQ(sized.saved.routed_rows, n * k);  // the bound, not M
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(never_called.calls[i], 0) << "exchange " << i;
+    for (int64_t e = 0; e < n_experts; ++e) {
+      EXPECT_EQ(sized.saved.expert_counts[e], counted.saved.expert_counts[e]) << "expert " << e;
+    }
+    EXPECT_EQ(sized.out, counted.out);
+    EXPECT_EQ(sized.dx, counted.dx);
+    for (int r = 0; r < kNumParamRegions; ++r) EXPECT_EQ(sized.store.grads[r], counted.store.grads[r]);
   }
 }
 
