@@ -214,22 +214,29 @@ void encoder_forward(EncoderSaved<T>* s, const Accum<T>* feats, const int32_t* f
 
 template <class T>
 void encoder_backward(const EncoderSaved<T>& s, const T* dout, const EncoderParams<T>& p,
-                      ExpertDispatcher<T>* dispatcher, const StepRng& rng, const RunContext& ctx) {
+                      ExpertDispatcher<T>* dispatcher, const StepRng& rng, const RunContext& ctx,
+                      const std::function<void(int64_t)>& on_final) {
+  const auto final_group = [&](int64_t group) {
+    if (on_final) on_final(group);
+  };
   const int64_t d = p.d_model, n = s.batch * s.length, nd = n * d;
   T* dcur = activation_alloc<T>(ctx, nd);
   op::layer_norm_backward(dcur, p.after_norm.weight.grad, p.after_norm.bias.grad, dout, s.before_norm,
                           s.after_norm_stats, s.after_norm_stats + n, p.after_norm.weight.master, n, d, ctx);
+  final_group(static_cast<int64_t>(p.layers.size()));
   for (size_t k = p.layers.size(); k-- > 0;) {
     T* dprev = activation_alloc<T>(ctx, nd);
     conformer_layer_backward(dprev, s.layers[k], dcur, p.layers[k], p.config, dispatcher, s.batch, s.length,
                              d, kEncoderLayerIdBase + k, rng, ctx);
     dcur = dprev;
+    final_group(static_cast<int64_t>(k));
   }
   T* dembed = activation_alloc<T>(ctx, nd);
   rel_positional_encoding_backward(dembed, dcur, p.pos_enc, s.batch, s.length, kEncoderEmbedLayerId, rng,
                                    ctx);
   conv2d_subsampling4_backward(static_cast<T*>(nullptr), s.embed, dembed, p.embed, s.batch, s.frames,
                                p.input_dim, ctx);
+  final_group(-1);
 }
 
 #define MOEASR_INSTANTIATE_ENCODER(T)                                                                     \
@@ -239,7 +246,8 @@ void encoder_backward(const EncoderSaved<T>& s, const T* dout, const EncoderPara
                                    const EncoderParams<T>&, ExpertDispatcher<T>*, int64_t, int64_t, bool, \
                                    int64_t, int64_t, const StepRng&, const RunContext&);                  \
   template void encoder_backward<T>(const EncoderSaved<T>&, const T*, const EncoderParams<T>&,            \
-                                    ExpertDispatcher<T>*, const StepRng&, const RunContext&);
+                                    ExpertDispatcher<T>*, const StepRng&, const RunContext&,              \
+                                    const std::function<void(int64_t)>&);
 MOEASR_INSTANTIATE_ENCODER(float)
 MOEASR_INSTANTIATE_ENCODER(double)
 MOEASR_INSTANTIATE_ENCODER(bf16)

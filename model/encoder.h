@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/attention.h"
@@ -88,9 +89,12 @@ void encoder_forward(EncoderSaved<T>* saved, const Accum<T>* feats, const int32_
                      const StepRng& rng, const RunContext& ctx);
 
 // dout [B, L, d]: gradient of the loss w.r.t. the encoder output. Accumulates parameter grads.
+// on_final(g), when set, is called as soon as a group of parameter gradients is final: g = N (the
+// number of layers) after after_norm's backward, g = i after layer i's, g = -1 after the front end's.
 template <class T>
 void encoder_backward(const EncoderSaved<T>& saved, const T* dout, const EncoderParams<T>& p,
-                      ExpertDispatcher<T>* dispatcher, const StepRng& rng, const RunContext& ctx);
+                      ExpertDispatcher<T>* dispatcher, const StepRng& rng, const RunContext& ctx,
+                      const std::function<void(int64_t)>& on_final = {});
 
 // Layer ids for dropout keys and load statistics.
 constexpr uint64_t kEncoderEmbedLayerId = 1;

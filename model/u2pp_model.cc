@@ -1,6 +1,8 @@
 // model/u2pp_model.cc — U2++ forward, joint loss and backward (see u2pp_model.h).
 #include "model/u2pp_model.h"
 
+#include <algorithm>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cpu/ctc_loss.h"  // ctc_loss_alpha_size
@@ -8,6 +10,63 @@
 #include "model/targets.h"
 
 namespace moeasr {
+
+namespace {
+
+// The release group of a tensor (see GradGroupRange): the encoder layer it belongs to, -1 for the
+// rest of the encoder's front (embed), num_layers for after_norm and everything after the encoder.
+int64_t release_group(const std::string& name, int64_t num_layers) {
+  const std::string layers = "encoder.encoders.";
+  if (name.compare(0, layers.size(), layers) == 0) {
+    return std::stoll(name.substr(layers.size(), name.find('.', layers.size()) - layers.size()));
+  }
+  if (name.compare(0, 18, "encoder.after_norm") == 0) return num_layers;
+  if (name.compare(0, 8, "encoder.") == 0) return -1;
+  return num_layers;
+}
+
+}  // namespace
+
+// Per group and region the [begin, end) its tensors span; CHECKs that the groups tile each region in
+// order (front end, layer 0, ..., layer N-1, the rest), which build_u2pp_parameter_table's layout gives.
+template <class T>
+std::vector<typename U2ppModel<T>::GradGroupRange> U2ppModel<T>::gradient_release_groups(
+    const ParameterTable& table, int64_t num_layers) {
+  std::vector<GradGroupRange> groups(static_cast<size_t>(num_layers + 2));
+  std::vector<bool> seen[2] = {std::vector<bool>(groups.size()), std::vector<bool>(groups.size())};
+  for (const ParamEntry& e : table.entries()) {
+    if (e.region == ParamRegion::kBuffer) continue;
+    const int r = e.region == ParamRegion::kDense ? 0 : 1;
+    const int64_t g = release_group(e.name, num_layers);
+    CHECK(g >= -1 && g <= num_layers) << "'" << e.name << "': no gradient release group";
+    GradGroupRange& range = groups[static_cast<size_t>(g + 1)];
+    if (!seen[r][static_cast<size_t>(g + 1)]) {
+      range.begin[r] = e.offset;
+      range.end[r] = e.offset + e.numel;
+      seen[r][static_cast<size_t>(g + 1)] = true;
+    } else {
+      range.begin[r] = std::min(range.begin[r], e.offset);
+      range.end[r] = std::max(range.end[r], e.offset + e.numel);
+    }
+  }
+  for (int r = 0; r < 2; ++r) {
+    int64_t at = 0;
+    for (size_t i = 0; i < groups.size(); ++i) {
+      GradGroupRange& range = groups[i];
+      if (!seen[r][i]) {
+        range.begin[r] = range.end[r] = at;
+        continue;
+      }
+      CHECK_EQ(range.begin[r], at) << "the gradients of release group " << static_cast<int64_t>(i) - 1
+                                   << " do not follow the previous group's in the "
+                                   << (r == 0 ? "dense" : "expert") << " region";
+      at = range.end[r];
+    }
+    CHECK_EQ(at, table.region_numel(r == 0 ? ParamRegion::kDense : ParamRegion::kExpert))
+        << "the release groups do not cover the " << (r == 0 ? "dense" : "expert") << " region";
+  }
+  return groups;
+}
 
 template <class T>
 U2ppModel<T>::U2ppModel(const ModelConfig& config, ParameterStore<T>* store, ExpertDispatcher<T>* dispatcher,
@@ -26,6 +85,7 @@ U2ppModel<T>::U2ppModel(const ModelConfig& config, ParameterStore<T>* store, Exp
                           static_cast<const Accum<T>*>(pe_table_.data()), kRightDecoderLayerIdBase);
   }
   ctc_lo_ = bind_linear(store, "ctc.ctc_lo");
+  grad_groups_ = gradient_release_groups(*store->table, config.encoder.num_blocks);
 }
 
 template <class T>
@@ -137,7 +197,8 @@ U2ppLoss U2ppModel<T>::forward(const U2ppBatch<Accum<T>>& batch, const U2ppForwa
 }
 
 template <class T>
-void U2ppModel<T>::backward(double loss_scale, const StepRng& rng, const RunContext& ctx) {
+void U2ppModel<T>::backward(double loss_scale, const StepRng& rng, const RunContext& ctx,
+                            const GradRangeReady& on_ready) {
   CHECK(has_forward_) << "U2ppModel::backward without a forward";
   const int64_t b = batch_.batch, v = config_.vocab_size, lt = batch_.max_text;
   const int64_t l = encoder_saved_.length, d = config_.encoder.output_size;
@@ -174,7 +235,17 @@ void U2ppModel<T>::backward(double loss_scale, const StepRng& rng, const RunCont
                         static_cast<const T*>(encoder_saved_.out), ctc_lo_.weight.value, b * l, d, v, ctx);
     op::add_scaled_inplace(denc, dx, Accum<T>(1), b * l * d, ctx);
   }
-  encoder_backward(encoder_saved_, denc, encoder_, dispatcher_, rng, ctx);
+  std::function<void(int64_t)> on_final;
+  if (on_ready) {
+    on_final = [&](int64_t group) {
+      const GradGroupRange& range = grad_groups_[static_cast<size_t>(group + 1)];
+      for (ParamRegion region : {ParamRegion::kDense, ParamRegion::kExpert}) {
+        const int r = region == ParamRegion::kDense ? 0 : 1;
+        if (range.end[r] > range.begin[r]) on_ready(region, range.begin[r], range.end[r]);
+      }
+    };
+  }
+  encoder_backward(encoder_saved_, denc, encoder_, dispatcher_, rng, ctx, on_final);
 }
 
 template <class T>

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/decoder.h"
@@ -44,6 +45,13 @@ struct U2ppLoss {
   double accuracy() const { return num_tokens > 0 ? double(num_correct) / double(num_tokens) : 0.0; }
 };
 
+// Called by U2ppModel::backward when the gradients of [begin, end) of a region are final for this
+// backward (no later op adds to them), in this order: the decoders, the CTC head and the encoder's
+// after_norm (at once, after after_norm's backward); each encoder layer from the last; the front end.
+// Every trainable element of the dense and expert regions is in exactly one range. The trainer starts
+// the range's all-reduce there, so it overlaps the rest of the backward.
+using GradRangeReady = std::function<void(ParamRegion region, int64_t begin, int64_t end)>;
+
 // What the trainer drives, whatever the model's storage type: U2ppModel<T> with Accum<T> = A (a float
 // trainer runs U2ppModel<float>, or U2ppModel<bf16> on the GPU with --precision bf16).
 template <class A>
@@ -52,7 +60,8 @@ class U2ppTrainable {
   virtual ~U2ppTrainable() = default;
   virtual U2ppLoss forward(const U2ppBatch<A>& batch, const U2ppForwardOptions& options, const StepRng& rng,
                            const RunContext& ctx) = 0;
-  virtual void backward(double loss_scale, const StepRng& rng, const RunContext& ctx) = 0;
+  virtual void backward(double loss_scale, const StepRng& rng, const RunContext& ctx,
+                        const GradRangeReady& on_ready = {}) = 0;
   virtual void place_tables(Arena* arena, const RunContext& ctx) = 0;
   virtual std::vector<std::vector<int64_t>> expert_load(const RunContext& ctx) const = 0;
 };
@@ -75,7 +84,9 @@ class U2ppModel final : public U2ppTrainable<Accum<T>> {
                    const RunContext& ctx) override;
   // Gradients of loss_scale * total (loss_scale = 1 / accum_grad for gradient accumulation),
   // accumulated into the store's grads.
-  void backward(double loss_scale, const StepRng& rng, const RunContext& ctx) override;
+  // on_ready (optional): see GradRangeReady.
+  void backward(double loss_scale, const StepRng& rng, const RunContext& ctx,
+                const GradRangeReady& on_ready = {}) override;
 
   // For a run on ctx.device != cpu: copies the model's constant tables (the sinusoid positional
   // encoding) into `arena` (memory of ctx.device that lives as long as the model) and points the
@@ -115,6 +126,15 @@ class U2ppModel final : public U2ppTrainable<Accum<T>> {
   const int32_t *r_in_ = nullptr, *r_out_ = nullptr;
   Accum<T>*l2r_lse_ = nullptr, *r2l_lse_ = nullptr;
   bool has_forward_ = false;
+  // The gradient ranges of GradRangeReady, per release group g in [-1, N] (index g + 1): the front
+  // end, encoder layer g, and (g = N) after_norm, the decoders and the CTC head; [begin, end) in the
+  // dense (0) and expert (1) regions, empty where the group has no tensor there.
+  struct GradGroupRange {
+    int64_t begin[2] = {0, 0};
+    int64_t end[2] = {0, 0};
+  };
+  std::vector<GradGroupRange> grad_groups_;
+  static std::vector<GradGroupRange> gradient_release_groups(const ParameterTable& table, int64_t num_layers);
 };
 
 }  // namespace moeasr

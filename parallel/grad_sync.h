@@ -36,6 +36,15 @@ template <class T>
 Status sync_gradients(ParameterStore<T>* store,  // grads summed in place
                       Communicator* world, Communicator* edp, const GradSyncOptions& options);
 
+// The same sum for grads [begin, end) of one region only, over `comm` (the world for dense, the EDP
+// group for experts), in buckets of at most options.bucket_bytes. For a range whose gradients are
+// final while the backward still runs (U2ppModel::backward's GradRangeReady): the trainer overlaps
+// the all-reduce with the rest of the backward this way. Collective over `comm`; every member must
+// pass the same range.
+template <class T>
+Status sync_gradient_range(ParameterStore<T>* store, ParamRegion region, int64_t begin, int64_t end,
+                           Communicator* comm, const GradSyncOptions& options);
+
 // sqrt(|dense grads|^2 + sum over the EP group of |expert grads|^2). Call after sync_gradients.
 // Collective over `ep`.
 template <class T>

@@ -555,6 +555,14 @@ struct Trainer::Impl {
   // The gradient all-reduce of a step: over NCCL, ordered after the backward on the compute stream
   // and before the optimizer (GPU runs with several ranks); over the MPI groups otherwise.
   Status sync_step_gradients();
+  // The communicators of the gradient sums: the dense gradients over the world, the experts' over the
+  // EDP group (their NCCL twins on GPU runs with several ranks).
+  void gradient_groups(Communicator** dense, Communicator** experts);
+  // options.overlap_grad_sync: the hook for the step's last backward, which sums each range of final
+  // gradients as the backward releases it (GradRangeReady); the first error lands in *status.
+  // finish_overlapped_sync() then orders the optimizer after the device communicators' work.
+  GradRangeReady overlapped_sync(Status* status);
+  Status finish_overlapped_sync();
   template <class T>
   std::unique_ptr<ExpertDispatcher<T>> make_dispatcher();
   // The model for the precision: U2ppModel<float>, or U2ppModel<bf16> over a bf16 copy of the weights.
@@ -688,17 +696,42 @@ Status Trainer::Impl::place_on_gpu() {
 #endif
 }
 
-Status Trainer::Impl::sync_step_gradients() {
-  Communicator* dense = groups->world.get();
-  Communicator* experts = groups->edp.get();
+void Trainer::Impl::gradient_groups(Communicator** dense, Communicator** experts) {
+  *dense = groups->world.get();
+  *experts = groups->edp.get();
 #if MOEASR_WITH_CUDA
-  if (gpu.world_nccl) dense = gpu.world_nccl.get();
+  if (gpu.world_nccl) *dense = gpu.world_nccl.get();
   if (gpu.edp_nccl) {
-    experts = gpu.edp_nccl.get();
+    *experts = gpu.edp_nccl.get();
   } else if (groups->layout.ep_size == 1 && gpu.world_nccl) {
-    experts = gpu.world_nccl.get();  // EP 1: the EDP group is the world
+    *experts = gpu.world_nccl.get();  // EP 1: the EDP group is the world
   }
 #endif
+}
+
+GradRangeReady Trainer::Impl::overlapped_sync(Status* status) {
+  Communicator *dense = nullptr, *experts = nullptr;
+  gradient_groups(&dense, &experts);
+  return [this, dense, experts, status](ParamRegion region, int64_t begin, int64_t end) {
+    if (!status->ok()) return;  // the first error is reported after the backward
+    Communicator* comm = region == ParamRegion::kDense ? dense : experts;
+    // A device communicator's all-reduce runs on its own stream, after the backward so far.
+    *status = comm->after_compute(ctx.cuda_stream);
+    if (status->ok()) *status = sync_gradient_range(store.get(), region, begin, end, comm, GradSyncOptions{});
+  };
+}
+
+Status Trainer::Impl::finish_overlapped_sync() {
+  Communicator *dense = nullptr, *experts = nullptr;
+  gradient_groups(&dense, &experts);
+  RETURN_IF_ERROR(dense->before_compute(ctx.cuda_stream));
+  if (experts != dense) RETURN_IF_ERROR(experts->before_compute(ctx.cuda_stream));
+  return Status();
+}
+
+Status Trainer::Impl::sync_step_gradients() {
+  Communicator *dense = nullptr, *experts = nullptr;
+  gradient_groups(&dense, &experts);
   // Device communicators enqueue on their own streams: after the backward, before the optimizer.
   RETURN_IF_ERROR(dense->after_compute(ctx.cuda_stream));
   if (experts != dense) RETURN_IF_ERROR(experts->after_compute(ctx.cuda_stream));
@@ -955,6 +988,8 @@ StatusOr<StepResult> Trainer::train_step() {
   double sums[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
   std::vector<std::string> bad_keys, step_keys;
   const int64_t accum = m.settings.accum_grad;
+  Status overlap_status;            // the first error of a gradient sum started inside the backward
+  bool synced_in_backward = false;  // the last backward summed every gradient range
   for (int64_t micro = 0; micro < accum; ++micro) {
     // Lock-step: does everybody have a batch? (and, before the first, did a preemption signal arrive
     // or did some rank's clock pass --max_minutes?)
@@ -1014,9 +1049,14 @@ StatusOr<StepResult> Trainer::train_step() {
     const U2ppLoss loss = m.model->forward(m.device_batch(batch), fo, rng, m.ctx);
     m.interval.fwd += seconds_since(t0);
     t0 = Clock::now();
-    // Always backward, also for a non-finite loss: the EP exchanges of every rank must meet.
-    m.model->backward(1.0 / static_cast<double>(accum), rng, m.ctx);
+    // Always backward, also for a non-finite loss: the EP exchanges of every rank must meet. The
+    // step's last backward sums the gradients as they become final (options.overlap_grad_sync).
+    const bool sync_in_backward = m.options.overlap_grad_sync && micro + 1 == accum;
+    m.model->backward(1.0 / static_cast<double>(accum), rng, m.ctx,
+                      sync_in_backward ? m.overlapped_sync(&overlap_status) : GradRangeReady{});
+    synced_in_backward = sync_in_backward;
     m.interval.bwd += seconds_since(t0);
+    RETURN_IF_ERROR(overlap_status);
     if (m.is_moe) {
       const std::vector<std::vector<int64_t>> load = m.model->expert_load(m.ctx);
       if (m.interval.load.empty()) {
@@ -1059,7 +1099,8 @@ StatusOr<StepResult> Trainer::train_step() {
   result.utts = static_cast<int64_t>(sums[6]);
 
   const Clock::time_point t_opt = Clock::now();
-  RETURN_IF_ERROR(m.sync_step_gradients());
+  // A step cut short by the end of the epoch had no last planned backward: sum everything now.
+  RETURN_IF_ERROR(synced_in_backward ? m.finish_overlapped_sync() : m.sync_step_gradients());
   StatusOr<double> norm =
       m.settings.adam.grad_clip > 0
           ? clip_grad_norm_distributed(m.store.get(), m.settings.adam.grad_clip, m.groups->ep.get(), m.ctx)

@@ -122,6 +122,10 @@ struct TrainerOptions {
   // products run on tensor cores from a bf16 copy of the weights with fp32 accumulation; the master
   // weights, gradients, Adam, norm statistics, routing weights and losses stay fp32.
   bool bf16 = false;
+  // Sum each range of gradients over the ranks as soon as the step's last backward has finished it
+  // (layer by layer, from the decoders to the front end), so that the all-reduce overlaps the rest
+  // of the backward (on GPUs: NCCL on its own stream). false: one sum after the backward.
+  bool overlap_grad_sync = true;
   int64_t max_steps = 0;          // stop after this many updates (0: max_epoch decides)
   double max_minutes = 0;         // stop after this many minutes of run(): cv, checkpoint, final.h5
   std::string symbol_table;       // overrides tokenizer_conf.symbol_table_path when set

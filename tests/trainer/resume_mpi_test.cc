@@ -7,6 +7,7 @@
 //     at the same step and checkpoint); a third resumes and finishes.
 //   The final parameters of every rank (its experts and the dense copy) are bit-identical to the
 //   straight run's, and the step counts and outcomes agree on every rank.
+// And the gradient sums started inside the backward (overlap_grad_sync) against one sum after it.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -166,6 +167,42 @@ class ResumeMpiTest : public MpiTest {
   proto::TrainConfig config_;
   ProcessGroups groups_;
 };
+
+// The gradient sums started inside the last backward of each step (TrainerOptions::overlap_grad_sync,
+// the default: range by range as the layers finish, interleaved with the backward's expert exchanges)
+// train exactly what one sum after the backward trains: the same losses and, after 2 steps of 2
+// micro-batches, bit-identical parameters on every rank (every element is summed over the same ranks
+// in both; only the messages are cut differently).
+TEST_F(ResumeMpiTest, GradientSumsInsideTheBackwardTrainWhatOneSumAfterItTrains) {
+  SCOPED_TRACE("world " + std::to_string(world_size()));
+  TrainerOptions overlapped = options("overlap_on");
+  overlapped.max_steps = 2;
+  TrainerOptions after = options("overlap_off");
+  after.max_steps = 2;
+  after.overlap_grad_sync = false;
+  auto a = Trainer::create(overlapped, &groups_);
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  auto b = Trainer::create(after, &groups_);
+  ASSERT_TRUE(b.ok()) << b.status().to_string();
+  ASSERT_TRUE(a.value()->begin_epoch().ok());
+  ASSERT_TRUE(b.value()->begin_epoch().ok());
+  for (int step = 0; step < 2; ++step) {  // 4 ranks: 2 steps per epoch
+    auto ra = a.value()->train_step();
+    auto rb = b.value()->train_step();
+    ASSERT_TRUE(ra.ok() && rb.ok());
+    ASSERT_EQ(ra.value().outcome, StepOutcome::kUpdated);
+    ASSERT_EQ(rb.value().outcome, StepOutcome::kUpdated);
+    EXPECT_EQ(ra.value().loss, rb.value().loss) << "step " << step;
+    EXPECT_EQ(ra.value().grad_norm, rb.value().grad_norm) << "step " << step;
+  }
+  for (int reg = 0; reg < 2; ++reg) {
+    const auto& x = a.value()->store().values[reg];
+    const auto& y = b.value()->store().values[reg];
+    ASSERT_EQ(x.size(), y.size());
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0)
+        << param_region_name(ParamRegion(reg)) << " differs on rank " << world_rank();
+  }
+}
 
 TEST_F(ResumeMpiTest, StopResumePreemptResumeIsBitIdenticalToAStraightRun) {
   const int world = world_size();
