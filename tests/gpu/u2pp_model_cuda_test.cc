@@ -23,6 +23,7 @@
 #include "model/expert_dispatch.h"
 #include "model/u2pp_model.h"
 #include "tests/common/gradcheck.h"
+#include "tests/common/tiny_models.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "trainer/optimizer.h"
 
@@ -30,28 +31,15 @@ namespace moeasr {
 namespace {
 
 ModelConfig tiny_moe_config(ConvNormType norm, double dropout, int64_t top_k = 2) {
-  ModelConfig c;
-  c.input_dim = 20;
-  c.vocab_size = 12;
-  c.encoder.output_size = 16;
-  c.encoder.attention_heads = 2;
-  c.encoder.num_blocks = 2;
-  c.encoder.cnn_module_kernel = 3;
+  ModelConfig c = testing::tiny_moe_model_config(2);
   c.encoder.causal = true;
   c.encoder.cnn_module_norm = norm;
-  c.encoder.ffn.mlp_type = MlpType::kMoe;
-  c.encoder.ffn.linear_units = 32;
-  c.encoder.ffn.n_expert = 4;
   c.encoder.ffn.n_expert_activated = top_k;
   c.encoder.dropout_rate = c.encoder.positional_dropout_rate = c.encoder.attention_dropout_rate = dropout;
-  c.decoder.attention_heads = 2;
-  c.decoder.num_blocks = 1;
-  c.decoder.r_num_blocks = 1;
   c.decoder.ffn = c.encoder.ffn;
   c.decoder.ffn.activation = ActivationType::kRelu;
   c.decoder.dropout_rate = c.decoder.positional_dropout_rate = dropout;
   c.decoder.self_attention_dropout_rate = c.decoder.src_attention_dropout_rate = dropout;
-  c.reverse_weight = 0.3;
   return c;
 }
 

@@ -18,28 +18,13 @@
 #include "model/parameter_table.h"
 #include "model/u2pp_model.h"
 #include "tests/common/gradcheck.h"
+#include "tests/common/tiny_models.h"
 
 namespace moeasr {
 namespace {
 
 ModelConfig tiny_config(double ctc_weight) {
-  ModelConfig c;
-  c.input_dim = 20;
-  c.vocab_size = 12;
-  c.encoder.output_size = 16;
-  c.encoder.attention_heads = 2;
-  c.encoder.num_blocks = 3;
-  c.encoder.cnn_module_kernel = 3;
-  c.encoder.ffn.mlp_type = MlpType::kMoe;
-  c.encoder.ffn.linear_units = 32;
-  c.encoder.ffn.n_expert = 4;
-  c.encoder.ffn.n_expert_activated = 2;
-  c.decoder.attention_heads = 2;
-  c.decoder.num_blocks = 1;
-  c.decoder.r_num_blocks = 1;
-  c.decoder.ffn = c.encoder.ffn;
-  c.decoder.ffn.activation = ActivationType::kRelu;
-  c.reverse_weight = 0.3;
+  ModelConfig c = testing::tiny_moe_model_config(3);
   c.ctc_weight = ctc_weight;
   return c;
 }
@@ -51,8 +36,8 @@ struct Release {
 };
 
 // One forward + backward; `releases` null: no hook.
-std::vector<float> step(const ModelConfig& config, const ParameterTable& table, std::vector<Release>* releases,
-                        std::vector<float>* expert_grads) {
+std::vector<float> step(const ModelConfig& config, const ParameterTable& table,
+                        std::vector<Release>* releases, std::vector<float>* expert_grads) {
   ParameterStore<float> store(table);
   initialize_parameters(&store, 3);
   LocalExpertDispatcher<float> dispatcher;
@@ -61,7 +46,8 @@ std::vector<float> step(const ModelConfig& config, const ParameterTable& table, 
   RunContext ctx = testing::cpu_test_context();
   ctx.activations = &arena;
   std::vector<float> feats = testing::random_floats(3 * 40 * config.input_dim, 8, -1.5f, 1.5f);
-  std::vector<int32_t> feat_lengths = {40, 33, 21}, text = {1, 2, 3, 4, 5, 0, 6, 7, 0}, text_lengths = {3, 2, 2};
+  std::vector<int32_t> feat_lengths = {40, 33, 21}, text = {1, 2, 3, 4, 5, 0, 6, 7, 0},
+                       text_lengths = {3, 2, 2};
   U2ppBatch<float> batch{feats.data(), feat_lengths.data(), text.data(), text_lengths.data(), 3, 40, 3};
   StepRng rng;
   rng.training = true;
@@ -71,7 +57,8 @@ std::vector<float> step(const ModelConfig& config, const ParameterTable& table, 
   if (releases != nullptr) {
     hook = [&](ParamRegion region, int64_t begin, int64_t end) {
       const std::vector<float>& g = store.grads[static_cast<int>(region)];
-      releases->push_back(Release{region, begin, end, std::vector<float>(g.begin() + begin, g.begin() + end)});
+      releases->push_back(
+          Release{region, begin, end, std::vector<float>(g.begin() + begin, g.begin() + end)});
     };
   }
   model.backward(1.0, rng, ctx, hook);
