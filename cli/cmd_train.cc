@@ -61,7 +61,7 @@ int fail(const Status& status, int world) {
 
 int run_train(int argc, char** argv) {
   std::string config_path, train_data, cv_data, model_dir, checkpoint, resume = "none", tensorboard_dir;
-  std::string symbol_table, cmvn, device = "cpu", precision = "fp32";
+  std::string symbol_table, cmvn, device = "cpu", precision = "fp32", overlap_grad_sync = "true";
   std::vector<std::string> overrides;
   int num_threads = 0;
   int64_t seed = -1, max_steps = 0;
@@ -92,6 +92,9 @@ int run_train(int argc, char** argv) {
       "from a bf16 copy of the weights (fp32 accumulation); master weights, gradients, Adam, norm "
       "statistics and losses stay fp32")("seed", po::value(&seed)->default_value(-1),
                                          "overrides train_conf.seed (data order, dropout, chunks)")(
+      "overlap_grad_sync", po::value(&overlap_grad_sync)->default_value("true"),
+      "true: sum each layer's gradients over the ranks as soon as the backward has finished it "
+      "(overlapping the backward on GPUs); false: one sum after the backward")(
       "max_steps", po::value(&max_steps)->default_value(0),
       "stop after this many optimizer steps in total (0: max_epoch decides)")(
       "max_minutes", po::value(&max_minutes)->default_value(0),
@@ -123,6 +126,11 @@ int run_train(int argc, char** argv) {
   }
   if (device != "cpu" && device != "cuda") {
     std::fprintf(stderr, "moe-asr train: --device must be cpu or cuda (got '%s')\n", device.c_str());
+    return kTrainExitUsage;
+  }
+  if (overlap_grad_sync != "true" && overlap_grad_sync != "false") {
+    std::fprintf(stderr, "moe-asr train: --overlap_grad_sync must be true or false (got '%s')\n",
+                 overlap_grad_sync.c_str());
     return kTrainExitUsage;
   }
   if (precision != "fp32" && precision != "bf16") {
@@ -201,6 +209,7 @@ int run_train(int argc, char** argv) {
   options.resume = resume == "auto";
   options.device = device;
   options.bf16 = precision == "bf16";
+  options.overlap_grad_sync = overlap_grad_sync == "true";
   options.num_threads =
       num_threads > 0 ? num_threads
                       : static_cast<int>(std::max<int64_t>(1, config.value().train_conf().num_threads()));
