@@ -561,7 +561,9 @@ struct Trainer::Impl {
   // options.overlap_grad_sync: the hook for the step's last backward, which sums each range of final
   // gradients as the backward releases it (GradRangeReady); the first error lands in *status.
   // finish_overlapped_sync() then orders the optimizer after the device communicators' work.
-  GradRangeReady overlapped_sync(Status* status);
+  // The host time spent in the sums accumulates in *seconds (the log counts it under "opt", with the
+  // optimizer, as when the sum follows the backward).
+  GradRangeReady overlapped_sync(Status* status, double* seconds);
   Status finish_overlapped_sync();
   template <class T>
   std::unique_ptr<ExpertDispatcher<T>> make_dispatcher();
@@ -709,15 +711,17 @@ void Trainer::Impl::gradient_groups(Communicator** dense, Communicator** experts
 #endif
 }
 
-GradRangeReady Trainer::Impl::overlapped_sync(Status* status) {
+GradRangeReady Trainer::Impl::overlapped_sync(Status* status, double* seconds) {
   Communicator *dense = nullptr, *experts = nullptr;
   gradient_groups(&dense, &experts);
-  return [this, dense, experts, status](ParamRegion region, int64_t begin, int64_t end) {
+  return [this, dense, experts, status, seconds](ParamRegion region, int64_t begin, int64_t end) {
     if (!status->ok()) return;  // the first error is reported after the backward
+    const Clock::time_point start = Clock::now();
     Communicator* comm = region == ParamRegion::kDense ? dense : experts;
     // A device communicator's all-reduce runs on its own stream, after the backward so far.
     *status = comm->after_compute(ctx.cuda_stream);
     if (status->ok()) *status = sync_gradient_range(store.get(), region, begin, end, comm, GradSyncOptions{});
+    *seconds += seconds_since(start);
   };
 }
 
@@ -1052,10 +1056,13 @@ StatusOr<StepResult> Trainer::train_step() {
     // Always backward, also for a non-finite loss: the EP exchanges of every rank must meet. The
     // step's last backward sums the gradients as they become final (options.overlap_grad_sync).
     const bool sync_in_backward = m.options.overlap_grad_sync && micro + 1 == accum;
-    m.model->backward(1.0 / static_cast<double>(accum), rng, m.ctx,
-                      sync_in_backward ? m.overlapped_sync(&overlap_status) : GradRangeReady{});
+    double sync_seconds = 0;
+    m.model->backward(
+        1.0 / static_cast<double>(accum), rng, m.ctx,
+        sync_in_backward ? m.overlapped_sync(&overlap_status, &sync_seconds) : GradRangeReady{});
     synced_in_backward = sync_in_backward;
-    m.interval.bwd += seconds_since(t0);
+    m.interval.bwd += seconds_since(t0) - sync_seconds;
+    m.interval.opt += sync_seconds;
     RETURN_IF_ERROR(overlap_status);
     if (m.is_moe) {
       const std::vector<std::vector<int64_t>> load = m.model->expert_load(m.ctx);
