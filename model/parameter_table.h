@@ -126,8 +126,8 @@ struct ParameterStore {
   T* device_grads_[kNumParamRegions] = {nullptr, nullptr, nullptr};
 };
 
-// The parameters as a model that stores its activations in bf16 binds them (U2ppModel<bf16>, CUDA
-// only): the fp32 masters and gradients stay in `masters` (the optimizer, the gradient all-reduce and
+// The parameters as a model that stores its activations in bf16 binds them (U2ppModel<bf16>): the
+// fp32 masters and gradients stay in `masters` (the optimizer, the gradient all-reduce and
 // checkpoints use that store); value() is a bf16 copy of every value in memory of ctx.device, which
 // refresh_copy() re-rounds from the masters (round to nearest even; the model does it at the start of
 // each forward, so the copy is never older than the last optimizer step).

@@ -66,10 +66,10 @@ class U2ppTrainable {
   virtual std::vector<std::vector<int64_t>> expert_load(const RunContext& ctx) const = 0;
 };
 
-// T is the storage type of the activations: float or double (CPU and GPU), or bf16 (GPU only; the
-// parameters then come from ParameterStore<bf16>: fp32 masters and gradients, bf16 copies for the
-// matrix products). The features, the CTC log-probabilities, the losses and the normalisation
-// statistics are Accum<T>.
+// T is the storage type of the activations: float, double, or bf16 (for the GPU; on the CPU it runs
+// through the slow reference path of kernels/ops.h). A bf16 model's parameters come from
+// ParameterStore<bf16>: fp32 masters and gradients, bf16 copies for the matrix products. The
+// features, the CTC log-probabilities, the losses and the normalisation statistics are Accum<T>.
 template <class T>
 class U2ppModel final : public U2ppTrainable<Accum<T>> {
  public:
