@@ -88,10 +88,10 @@ int run_train(int argc, char** argv) {
       "cpu, or cuda: parameters, gradients, Adam moments and activations on this rank's GPU; several "
       "ranks exchange gradients and expert rows over NCCL")(
       "precision", po::value(&precision)->default_value("fp32"),
-      "fp32, or bf16 (with --device cuda): activations stored in bf16, matrix products on tensor cores "
-      "from a bf16 copy of the weights (fp32 accumulation); master weights, gradients, Adam, norm "
-      "statistics and losses stay fp32")("seed", po::value(&seed)->default_value(-1),
-                                         "overrides train_conf.seed (data order, dropout, chunks)")(
+      "fp32, or bf16: activations stored in bf16, matrix products (tensor cores with --device cuda) "
+      "from a bf16 copy of the weights, fp32 accumulation; master weights, gradients, Adam, norm "
+      "statistics and losses stay fp32. On the CPU bf16 is a slow reference path for checking numerics")(
+      "seed", po::value(&seed)->default_value(-1), "overrides train_conf.seed (data order, dropout, chunks)")(
       "overlap_grad_sync", po::value(&overlap_grad_sync)->default_value("true"),
       "true: sum each layer's gradients over the ranks as soon as the backward has finished it "
       "(overlapping the backward on GPUs); false: one sum after the backward")(

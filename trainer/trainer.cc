@@ -419,6 +419,7 @@ struct Trainer::Impl {
   std::unique_ptr<ParameterStore<float>> store;
   std::unique_ptr<ExpertDispatcher<float>> dispatcher;      // the fp32 model's
   std::unique_ptr<ParameterStore<bf16>> bf16_params;        // --precision bf16: the weights' bf16 copy
+  std::unique_ptr<Arena> bf16_copy_memory;                  // --precision bf16 on the CPU: holds that copy
   std::unique_ptr<ExpertDispatcher<bf16>> bf16_dispatcher;  // --precision bf16
   std::unique_ptr<U2ppTrainable<float>> model;              // U2ppModel<float>, or <bf16> (--precision bf16)
   std::unique_ptr<AdamOptimizer<float>> adam;
@@ -763,11 +764,20 @@ void Trainer::Impl::make_model(const ExpertLayout& layout) {
     model = std::make_unique<U2ppModel<float>>(model_config, store.get(), dispatcher.get(), layout);
     return;
   }
-  // --precision bf16 implies --device cuda (checked in create): the copy lives next to the masters.
-  CHECK(on_gpu()) << "--precision bf16 without a device";
+  // The copy lives next to the masters: in the device block on GPUs, in a host arena on the CPU.
+  Arena* copy_arena = nullptr;
 #if MOEASR_WITH_CUDA
-  bf16_params = std::make_unique<ParameterStore<bf16>>(store.get(), gpu.params.get(), ctx);
+  if (on_gpu()) copy_arena = gpu.params.get();
 #endif
+  if (copy_arena == nullptr) {
+    int64_t bytes = 0;
+    for (int r = 0; r < kNumParamRegions; ++r) {
+      bytes += table->region_numel(static_cast<ParamRegion>(r)) * static_cast<int64_t>(sizeof(bf16)) + 256;
+    }
+    bf16_copy_memory = std::make_unique<Arena>("bf16 weight copy", bytes, Arena::Growth::kFixed);
+    copy_arena = bf16_copy_memory.get();
+  }
+  bf16_params = std::make_unique<ParameterStore<bf16>>(store.get(), copy_arena, ctx);
   bf16_dispatcher = make_dispatcher<bf16>();
   model = std::make_unique<U2ppModel<bf16>>(model_config, bf16_params.get(), bf16_dispatcher.get(), layout);
 }
@@ -821,8 +831,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::create(TrainerOptions options, Proce
   if (o.device != "cpu" && o.device != "cuda") {
     return invalid_argument_error("--device must be cpu or cuda (got '" + o.device + "')");
   }
-  if (o.bf16 && o.device != "cuda") {
-    return invalid_argument_error("--precision bf16 needs --device cuda (the CPU backend computes in fp32)");
+  if (o.bf16 && o.device != "cuda" && m.rank() == 0) {
+    LOG(WARNING) << "--precision bf16 on the CPU runs the bf16 model through its reference path (each op "
+                    "on fp32 copies of its bf16 arrays, the results rounded to bf16): for checking bf16 "
+                    "numerics, several times slower than fp32; the speed is the GPU's (--device cuda)";
   }
   m.ctx.device = Device::cpu;
   m.ctx.num_threads = std::max(1, o.num_threads);

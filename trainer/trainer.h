@@ -118,9 +118,10 @@ struct TrainerOptions {
   // "cpu", or "cuda": the model, its gradients and Adam moments in GPU memory (the rank's local index
   // picks the device). Several ranks: gradients and expert rows over NCCL, counts over MPI.
   std::string device = "cpu";
-  // --precision bf16 (GPU only): the model stores its activations in bf16 (U2ppModel<bf16>): the matrix
-  // products run on tensor cores from a bf16 copy of the weights with fp32 accumulation; the master
-  // weights, gradients, Adam, norm statistics, routing weights and losses stay fp32.
+  // --precision bf16: the model stores its activations in bf16 (U2ppModel<bf16>): the matrix products
+  // run (on tensor cores, with --device cuda) from a bf16 copy of the weights with fp32 accumulation;
+  // the master weights, gradients, Adam, norm statistics, routing weights and losses stay fp32. On the
+  // CPU it runs the slow reference path (kernels/ops.h), for checking bf16 numerics.
   bool bf16 = false;
   // Sum each range of gradients over the ranks as soon as the step's last backward has finished it
   // (layer by layer, from the decoders to the front end), so that the all-reduce overlaps the rest
