@@ -1151,27 +1151,6 @@ void copy_device_to_host(void* host_dst, const void* device_src, int64_t bytes, 
   });
 }
 
-int64_t moe_permute_plan(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
-                         const int32_t* indices, const uint8_t* token_mask, int64_t n, int64_t n_experts,
-                         int64_t k, const RunContext& ctx) {
-  if (ctx.device == Device::cpu)
-    return moeasr::moe_permute_plan(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k,
-                                    ctx);
-  int64_t m = 0;
-  MOEASR_OP_ON_CUDA(float, "moe_permute_plan", {
-    const size_t workspace_bytes = moe_permute_plan_workspace_bytes(n, n_experts, k);
-    void* workspace = device_scratch(ctx, workspace_bytes);
-    moe_permute_plan_cuda(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k,
-                          workspace, workspace_bytes, ctx);
-    // Host synchronisation (documented in ops.h): M sizes the permuted buffers and the exchange.
-    auto stream = static_cast<cudaStream_t>(ctx.cuda_stream);
-    CUDA_CHECK(
-        cudaMemcpyAsync(&m, expert_offsets + n_experts, sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-  });
-  return m;
-}
-
 void moe_permute_plan_on_device(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
                                 const int32_t* indices, const uint8_t* token_mask, int64_t n,
                                 int64_t n_experts, int64_t k, const RunContext& ctx) {
@@ -1185,6 +1164,19 @@ void moe_permute_plan_on_device(int64_t* expert_counts, int64_t* expert_offsets,
     moe_permute_plan_cuda(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k,
                           workspace, workspace_bytes, ctx);
   });
+}
+
+int64_t moe_permute_plan(int64_t* expert_counts, int64_t* expert_offsets, int32_t* dest,
+                         const int32_t* indices, const uint8_t* token_mask, int64_t n, int64_t n_experts,
+                         int64_t k, const RunContext& ctx) {
+  if (ctx.device == Device::cpu)
+    return moeasr::moe_permute_plan(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k,
+                                    ctx);
+  moe_permute_plan_on_device(expert_counts, expert_offsets, dest, indices, token_mask, n, n_experts, k, ctx);
+  // Host synchronisation (documented in ops.h): M sizes the permuted buffers and the exchange.
+  int64_t m = 0;
+  copy_device_to_host(&m, expert_offsets + n_experts, sizeof(int64_t), ctx);
+  return m;
 }
 
 template <class T>

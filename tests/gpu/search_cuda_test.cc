@@ -18,29 +18,16 @@
 #include "model/expert_dispatch.h"
 #include "model/search.h"
 #include "tests/common/gradcheck.h"
+#include "tests/common/tiny_models.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace moeasr {
 namespace {
 
 ModelConfig tiny_moe_config() {
-  ModelConfig c;
-  c.input_dim = 20;
-  c.vocab_size = 12;
-  c.encoder.output_size = 16;
-  c.encoder.attention_heads = 2;
-  c.encoder.num_blocks = 2;
-  c.encoder.cnn_module_kernel = 3;
+  ModelConfig c = testing::tiny_moe_model_config(2);
   c.encoder.causal = true;
-  c.encoder.ffn.mlp_type = MlpType::kMoe;
-  c.encoder.ffn.linear_units = 32;
-  c.encoder.ffn.n_expert = 4;
-  c.encoder.ffn.n_expert_activated = 2;
-  c.decoder.attention_heads = 2;
-  c.decoder.num_blocks = 1;
-  c.decoder.r_num_blocks = 1;
-  c.decoder.ffn = c.encoder.ffn;
-  c.decoder.ffn.activation = ActivationType::kRelu;
+  c.reverse_weight = ModelConfig{}.reverse_weight;  // this test's model keeps the default
   return c;
 }
 

@@ -312,14 +312,23 @@ class KillResume : public ::testing::Test {
 // 8 shards of 6 utterances over 2 ranks, batches of 4: 6 steps per epoch, 3 epochs.
 constexpr int64_t kSteps = 18;
 
-// --max_minutes through the program: a bad value is a usage error naming the flag; a limit that has
-// passed before the first step ends the run at once, normally (exit 0, final weights written).
+// --max_minutes (and --overlap_grad_sync) through the program: a bad value is a usage error naming the flag;
+// a limit that has passed before the first step ends the run at once, normally (exit 0, final weights
+// written).
 TEST_F(KillResume, MaxMinutesFlag) {
   std::vector<std::string> bad = train_args(corpus_, tmp_.path() + "/bad");
   bad.insert(bad.end(), {"--max_minutes", "-1"});
   const std::string bad_out = tmp_.path() + "/bad.out";
   EXPECT_EQ(run_train(1, bad, bad_out), 2) << slurp(bad_out);
   EXPECT_NE(slurp(bad_out).find("--max_minutes"), std::string::npos) << slurp(bad_out);
+  // --overlap_grad_sync takes true or false only.
+  std::vector<std::string> bad_overlap = train_args(corpus_, tmp_.path() + "/bad_overlap");
+  bad_overlap.insert(bad_overlap.end(), {"--overlap_grad_sync", "yes"});
+  const std::string bad_overlap_out = tmp_.path() + "/bad_overlap.out";
+  EXPECT_EQ(run_train(1, bad_overlap, bad_overlap_out), 2) << slurp(bad_overlap_out);
+  EXPECT_NE(slurp(bad_overlap_out).find("--overlap_grad_sync must be true or false (got 'yes')"),
+            std::string::npos)
+      << slurp(bad_overlap_out);
 
   const std::string dir = tmp_.path() + "/limited";
   std::vector<std::string> args = train_args(corpus_, dir);
